@@ -1,0 +1,122 @@
+// Package config turns a TOML file into a validated Config: embedded defaults, then the file, then
+// POSTAMT_* environment overrides, then Validate, which reports every problem as
+// "file:line: option: message". It only describes settings; it opens no sockets and creates no
+// directories.
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Config is the whole configuration. Components receive only their own section.
+type Config struct {
+	Hostname string    `toml:"hostname"`
+	DataDir  string    `toml:"data_dir"`
+	Log      Log       `toml:"log"`
+	SMTP     SMTP      `toml:"smtp"`
+	TLS      TLS       `toml:"tls"`
+	Queue    Queue     `toml:"queue"`
+	Local    Local     `toml:"local"`
+	Metrics  Metrics   `toml:"metrics"`
+	file     string    // where the settings came from, for messages
+	pos      positions // option → line, for semantic errors
+}
+
+type Log struct {
+	Format string `toml:"format"` // text | json
+	Level  string `toml:"level"`  // debug | info | warn | error
+}
+
+// SMTP is the inbound (MX) listener and the limits it enforces on clients.
+type SMTP struct {
+	Listen              []string `toml:"listen"`
+	MaxMessageSize      Size     `toml:"max_message_size"`
+	MaxRecipients       int      `toml:"max_recipients"`
+	MaxLineLength       int      `toml:"max_line_length"`
+	CommandTimeout      Duration `toml:"command_timeout"`
+	DataTimeout         Duration `toml:"data_timeout"`
+	MaxConnections      int      `toml:"max_connections"`
+	MaxConnectionsPerIP int      `toml:"max_connections_per_ip"`
+	MaxErrors           int      `toml:"max_errors"`
+}
+
+type TLS struct {
+	CertFile string `toml:"cert_file"`
+	KeyFile  string `toml:"key_file"`
+}
+
+type Queue struct {
+	RetryIntervals  []Duration `toml:"retry_intervals"`
+	MaxAge          Duration   `toml:"max_age"`
+	DeliveryWorkers int        `toml:"delivery_workers"`
+}
+
+// Local describes the domains Postamt is the final destination for.
+type Local struct {
+	Domains       []string            `toml:"domains"`
+	Mailboxes     []string            `toml:"mailboxes"`
+	Aliases       map[string][]string `toml:"aliases"`
+	CatchAll      map[string]string   `toml:"catch_all"`
+	PlusSeparator string              `toml:"plus_separator"`
+	Transport     string              `toml:"transport"` // maildir | lmtp
+	MaildirRoot   string              `toml:"maildir_root"`
+	LMTPAddress   string              `toml:"lmtp_address"`
+}
+
+type Metrics struct {
+	Listen string `toml:"listen"` // "" disables the HTTP endpoint
+}
+
+// Default returns the embedded defaults: a server that runs from an empty directory with no file.
+func Default() *Config {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "localhost"
+	}
+	return &Config{
+		Hostname: host,
+		DataDir:  "postamt-data",
+		Log:      Log{Format: "text", Level: "info"},
+		SMTP: SMTP{
+			Listen:              []string{"127.0.0.1:2525"},
+			MaxMessageSize:      25 << 20,
+			MaxRecipients:       100,
+			MaxLineLength:       512,
+			CommandTimeout:      Duration(5 * time.Minute),
+			DataTimeout:         Duration(10 * time.Minute),
+			MaxConnections:      1000,
+			MaxConnectionsPerIP: 50,
+			MaxErrors:           10,
+		},
+		Queue: Queue{
+			RetryIntervals: []Duration{
+				Duration(time.Minute), Duration(5 * time.Minute), Duration(15 * time.Minute),
+				Duration(30 * time.Minute), Duration(time.Hour), Duration(2 * time.Hour), Duration(4 * time.Hour),
+			},
+			MaxAge:          Duration(5 * 24 * time.Hour),
+			DeliveryWorkers: 64,
+		},
+		Local: Local{
+			Domains:       []string{"localhost"},
+			Mailboxes:     []string{"you@localhost", "postmaster@localhost"},
+			PlusSeparator: "+",
+			Transport:     "maildir",
+			MaildirRoot:   "mail",
+			LMTPAddress:   "127.0.0.1:24",
+		},
+		Metrics: Metrics{Listen: ""},
+	}
+}
+
+// File names the file the configuration was read from ("" for pure defaults).
+func (c *Config) File() string { return c.file }
+
+// Path resolves p against the data directory unless it is absolute.
+func (c *Config) Path(p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.DataDir, p)
+}

@@ -1,0 +1,109 @@
+package config
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func TestDefaultsValid(t *testing.T) {
+	if err := Default().Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestGolden loads each testdata/config/NAME.toml and compares either the error text or the
+// normalized dump with NAME.want.
+func TestGolden(t *testing.T) {
+	files, _ := filepath.Glob("testdata/config/*.toml")
+	if len(files) == 0 {
+		t.Fatal("no golden config files")
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			name := filepath.Base(f)
+			c, err := Parse(name, data)
+			var got string
+			if err != nil {
+				got = "error:\n" + err.Error() + "\n"
+			} else {
+				c.Hostname = "HOSTNAME" // the default depends on the machine
+				got = c.Dump()
+			}
+			want := strings.TrimSuffix(f, ".toml") + ".want"
+			if *update {
+				os.WriteFile(want, []byte(got), 0o644)
+				return
+			}
+			w, err := os.ReadFile(want)
+			if err != nil {
+				t.Fatalf("%v (run go test -update)", err)
+			}
+			if got != string(w) {
+				t.Errorf("got:\n%s\nwant:\n%s", got, w)
+			}
+		})
+	}
+}
+
+func TestEnvOverride(t *testing.T) {
+	c := Default()
+	env := map[string]string{"POSTAMT_SMTP_LISTEN": "127.0.0.1:1,127.0.0.1:2", "POSTAMT_DATA_DIR": "/x"}
+	if err := c.applyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.SMTP.Listen) != 2 || c.DataDir != "/x" {
+		t.Fatalf("%+v", c)
+	}
+}
+
+func TestUnits(t *testing.T) {
+	for in, want := range map[string]int64{"25MiB": 25 << 20, "10MB": 10e6, "512": 512, "1.5KiB": 1536, "2G": 2 << 30} {
+		var s Size
+		if err := s.UnmarshalText([]byte(in)); err != nil || int64(s) != want {
+			t.Errorf("%s: %d %v", in, s, err)
+		}
+	}
+	for in, want := range map[string]time.Duration{"5d": 120 * time.Hour, "90s": 90 * time.Second, "1h30m": 90 * time.Minute} {
+		var d Duration
+		if err := d.UnmarshalText([]byte(in)); err != nil || d.D() != want {
+			t.Errorf("%s: %v %v", in, d, err)
+		}
+	}
+	for _, bad := range []string{"5 parsecs", "-1m", "d"} {
+		var d Duration
+		if d.UnmarshalText([]byte(bad)) == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	var s Size
+	if s.UnmarshalText([]byte("12 furlongs")) == nil {
+		t.Error("bad size accepted")
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	files, _ := filepath.Glob("testdata/config/*.toml")
+	for _, fn := range files {
+		b, _ := os.ReadFile(fn)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse("fuzz.toml", data)
+		if err == nil && c.Validate() != nil {
+			t.Fatal("Parse accepted a config that Validate refuses")
+		}
+		if err != nil && err.Error() == "" {
+			t.Fatal("empty error text")
+		}
+	})
+}

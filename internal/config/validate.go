@@ -1,0 +1,198 @@
+package config
+
+import (
+	"fmt"
+	"maps"
+	"net"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/postamt/postamt/internal/smtp"
+)
+
+// Validate checks every option and returns all problems at once (Errors), not just the first.
+func (c *Config) Validate() error {
+	v := &validator{c: c}
+	c.validateTop(v)
+	c.validateSMTP(v)
+	c.validateQueue(v)
+	c.validateLocal(v)
+	if len(v.errs) > 0 {
+		return v.errs
+	}
+	return nil
+}
+
+type validator struct {
+	c    *Config
+	errs Errors
+}
+
+func (v *validator) addf(option, format string, args ...any) {
+	v.errs = append(v.errs, Error{File: v.c.file, Line: v.c.line(option), Option: option, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (v *validator) oneOf(option, value string, allowed ...string) {
+	for _, a := range allowed {
+		if value == a {
+			return
+		}
+	}
+	v.addf(option, "%q is not allowed; use one of: %s", value, strings.Join(allowed, ", "))
+}
+
+func (v *validator) atLeast(option string, value, min int) {
+	if value < min {
+		v.addf(option, "must be at least %d, got %d", min, value)
+	}
+}
+
+func (v *validator) hostPort(option, addr string) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		v.addf(option, "%q is not host:port (%v)", addr, err)
+		return
+	}
+	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		v.addf(option, "%q: host must be an IP address or localhost", addr)
+	}
+	var p int
+	if _, err := fmt.Sscanf(port, "%d", &p); err != nil || p < 0 || p > 65535 {
+		v.addf(option, "%q: port must be a number from 0 to 65535", addr)
+	}
+}
+
+func (c *Config) validateTop(v *validator) {
+	if c.Hostname == "" || strings.ContainsAny(c.Hostname, " \t\r\n") {
+		v.addf("hostname", "must be the server's fully qualified name, without spaces")
+	}
+	if c.DataDir == "" {
+		v.addf("data_dir", "must not be empty")
+	}
+	v.oneOf("log.format", c.Log.Format, "text", "json")
+	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		v.addf("tls", "cert_file and key_file must be set together (or both left empty for a self-signed certificate)")
+	}
+	for opt, f := range map[string]string{"tls.cert_file": c.TLS.CertFile, "tls.key_file": c.TLS.KeyFile} {
+		if f != "" {
+			if _, err := os.Stat(f); err != nil {
+				v.addf(opt, "cannot read %s: %v", f, err)
+			}
+		}
+	}
+	if c.Metrics.Listen != "" {
+		v.hostPort("metrics.listen", c.Metrics.Listen)
+	}
+}
+
+func (c *Config) validateSMTP(v *validator) {
+	s := c.SMTP
+	if len(s.Listen) == 0 {
+		v.addf("smtp.listen", "at least one address is needed")
+	}
+	for _, a := range s.Listen {
+		v.hostPort("smtp.listen", a)
+	}
+	if s.MaxMessageSize < 1024 || s.MaxMessageSize > 1<<31 {
+		v.addf("smtp.max_message_size", "must be between 1KiB and 2GiB, got %d bytes", s.MaxMessageSize)
+	}
+	v.atLeast("smtp.max_recipients", s.MaxRecipients, 1)
+	// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets; a server may accept more, never less.
+	v.atLeast("smtp.max_line_length", s.MaxLineLength, 512)
+	if s.MaxLineLength > 64<<10 {
+		v.addf("smtp.max_line_length", "must be at most 65536")
+	}
+	if s.CommandTimeout <= 0 {
+		v.addf("smtp.command_timeout", "must be positive")
+	}
+	if s.DataTimeout <= 0 {
+		v.addf("smtp.data_timeout", "must be positive")
+	}
+	v.atLeast("smtp.max_connections", s.MaxConnections, 1)
+	v.atLeast("smtp.max_connections_per_ip", s.MaxConnectionsPerIP, 1)
+	v.atLeast("smtp.max_errors", s.MaxErrors, 1)
+}
+
+func (c *Config) validateQueue(v *validator) {
+	q := c.Queue
+	if len(q.RetryIntervals) == 0 {
+		v.addf("queue.retry_intervals", "at least one interval is needed")
+	}
+	for _, d := range q.RetryIntervals {
+		if d <= 0 {
+			v.addf("queue.retry_intervals", "intervals must be positive")
+			break
+		}
+	}
+	if q.MaxAge <= 0 {
+		v.addf("queue.max_age", "must be positive")
+	}
+	v.atLeast("queue.delivery_workers", q.DeliveryWorkers, 1)
+	if q.DeliveryWorkers > 10000 {
+		v.addf("queue.delivery_workers", "must be at most 10000")
+	}
+}
+
+func (c *Config) validateLocal(v *validator) {
+	l := &c.Local
+	local := map[string]bool{}
+	for i, d := range l.Domains {
+		a, err := smtp.ParseAddress("x@"+d, true)
+		if err != nil || strings.HasPrefix(d, "[") {
+			v.addf("local.domains", "%q is not a valid domain name", d)
+			continue
+		}
+		l.Domains[i] = a.ASCIIDomain()
+		local[a.ASCIIDomain()] = true
+	}
+	addr := func(option, s string, mustBeLocal bool) {
+		a, err := smtp.ParseAddress(s, true)
+		if err != nil {
+			v.addf(option, "%q is not a valid address (%v)", s, err)
+			return
+		}
+		if mustBeLocal && !local[a.ASCIIDomain()] {
+			v.addf(option, "%q is not in a local domain (add %q to local.domains)", s, a.ASCIIDomain())
+		}
+	}
+	for _, m := range l.Mailboxes {
+		addr("local.mailboxes", m, true)
+	}
+	for _, from := range slices.Sorted(maps.Keys(l.Aliases)) {
+		targets := l.Aliases[from]
+		opt := "local.aliases." + from
+		addr(opt, from, true)
+		if len(targets) == 0 {
+			v.addf(opt, "an alias needs at least one target")
+		}
+		for _, t := range targets {
+			addr(opt, t, false)
+		}
+	}
+	for _, d := range slices.Sorted(maps.Keys(l.CatchAll)) {
+		target := l.CatchAll[d]
+		opt := "local.catch_all." + d
+		if !local[strings.ToLower(d)] {
+			v.addf(opt, "%q is not in local.domains", d)
+		}
+		addr(opt, target, false)
+	}
+	if len(l.PlusSeparator) > 1 || (l.PlusSeparator != "" && strings.ContainsAny(l.PlusSeparator, ".@\" ")) {
+		v.addf("local.plus_separator", "%q must be empty or one character such as + or -", l.PlusSeparator)
+	}
+	v.oneOf("local.transport", l.Transport, "maildir", "lmtp")
+	if l.MaildirRoot == "" {
+		v.addf("local.maildir_root", "must not be empty")
+	}
+	if l.Transport == "lmtp" {
+		if p, ok := strings.CutPrefix(l.LMTPAddress, "unix:"); ok {
+			if p == "" {
+				v.addf("local.lmtp_address", "unix: needs a socket path")
+			}
+		} else {
+			v.hostPort("local.lmtp_address", l.LMTPAddress)
+		}
+	}
+}
