@@ -31,8 +31,10 @@ type Reply struct {
 
 // NewReply builds a reply. The enhanced code's class must agree with the basic code's class;
 // a mismatch is a programming error that would mislead clients, so it is corrected here.
+//
+// A zero EnhancedCode means "none": RFC 2034 §3 excludes the greeting and the HELO/EHLO replies.
 func NewReply(code int, enh EnhancedCode, text string) *Reply {
-	if c := code / 100; c >= 2 && c <= 5 && enh[0] != c && c != 3 {
+	if c := code / 100; c >= 2 && c <= 5 && enh[0] != c && c != 3 && enh != (EnhancedCode{}) {
 		enh[0] = c
 	}
 	return &Reply{Code: code, Enhanced: enh, Text: text}
@@ -72,8 +74,9 @@ func (r *Reply) Line() string {
 	return strconv.Itoa(r.Code) + " " + r.Enhanced.String() + " " + strings.ReplaceAll(r.Text, "\n", " / ")
 }
 
-// WriteTo writes the reply in wire format. Every line carries the enhanced code (RFC 2034 §4);
-// a 3xx reply, such as DATA's 354, has none because RFC 2034 only defines them for 2xx, 4xx, 5xx.
+// WriteTo writes the reply in wire format. Every line carries the enhanced code (RFC 2034 §4),
+// except 3xx replies such as DATA's 354 (RFC 2034 defines codes only for 2xx, 4xx and 5xx) and
+// replies built without one (the greeting and EHLO).
 func (r *Reply) WriteTo(w *bufio.Writer) error {
 	lines := strings.Split(r.Text, "\n")
 	for i, l := range lines {
@@ -83,7 +86,7 @@ func (r *Reply) WriteTo(w *bufio.Writer) error {
 		} else {
 			w.WriteByte(' ')
 		}
-		if r.Code/100 != 3 {
+		if r.Code/100 != 3 && r.Enhanced != (EnhancedCode{}) {
 			w.WriteString(r.Enhanced.String())
 			w.WriteByte(' ')
 		}

@@ -1,0 +1,121 @@
+// Command postamt is the Postamt mail server and its tools. It only parses flags and wires
+// packages together; the behaviour lives in internal/.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/postamt/postamt/internal/app"
+	"github.com/postamt/postamt/internal/check"
+	"github.com/postamt/postamt/internal/config"
+	"github.com/postamt/postamt/internal/observe"
+)
+
+func main() {
+	if err := rootCmd().Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+
+func rootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "postamt",
+		Short:         "Postamt, a mail transfer agent",
+		SilenceUsage:  true,
+		SilenceErrors: false,
+	}
+	root.AddCommand(serveCmd(), configCmd(), checkCmd())
+	return root
+}
+
+func serveCmd() *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the mail server (with embedded defaults when no --config is given)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(file)
+			if err != nil {
+				return err
+			}
+			log, err := observe.NewLogger(os.Stderr, cfg.Log.Format, cfg.Log.Level)
+			if err != nil {
+				return err
+			}
+			log.Debug("effective configuration\n" + cfg.Dump())
+			a, err := app.Start(cfg, log)
+			if err != nil {
+				return err
+			}
+			sig := make(chan os.Signal, 1)
+			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+			var runErr error
+			select {
+			case s := <-sig:
+				log.Info("signal received, shutting down", "signal", s.String())
+			case runErr = <-a.Err():
+				log.Error("listener failed", "err", runErr)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := a.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				return err
+			}
+			return runErr
+		},
+	}
+	cmd.Flags().StringVarP(&file, "config", "c", "", "configuration file (TOML); defaults apply to everything it leaves out")
+	return cmd
+}
+
+func configCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "config", Short: "Configuration tools"}
+	var dump bool
+	checkCmd := &cobra.Command{
+		Use:   "check FILE",
+		Short: "Validate a configuration file without starting the server",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := config.Load(args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: OK\n", args[0])
+			if dump {
+				fmt.Fprint(cmd.OutOrStdout(), cfg.Dump())
+			}
+			return nil
+		},
+	}
+	checkCmd.Flags().BoolVar(&dump, "dump", false, "print the effective configuration")
+	cmd.AddCommand(checkCmd)
+	return cmd
+}
+
+func checkCmd() *cobra.Command {
+	var o check.Options
+	cmd := &cobra.Command{
+		Use:   "check HOST[:PORT]",
+		Short: "Diagnose an SMTP server: greeting, extensions, STARTTLS and certificate, optionally a test message",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.Addr = args[0]
+			return check.Run(cmd.Context(), cmd.OutOrStdout(), o)
+		},
+	}
+	cmd.Flags().StringVar(&o.From, "from", "", "send a test message from this address")
+	cmd.Flags().StringVar(&o.To, "to", "", "send a test message to this address (enables sending)")
+	cmd.Flags().BoolVar(&o.NoTLS, "no-tls", false, "do not try STARTTLS")
+	cmd.Flags().StringVar(&o.Helo, "helo", "", "name to send in EHLO (default: this host's name)")
+	cmd.Flags().DurationVar(&o.Timeout, "timeout", 30*time.Second, "timeout for each step")
+	return cmd
+}

@@ -1,0 +1,36 @@
+// Package mail holds the data that travels along the one mail path: the envelope of an accepted
+// message and its routed recipients. It is plain data shared by smtpserver, router, queue and the
+// transports; it does no I/O.
+package mail
+
+import "time"
+
+// Envelope is an accepted message's metadata. The body lives in the spool under ID.
+type Envelope struct {
+	ID         string
+	From       string // reverse-path without brackets; "" for the null sender <>
+	Rcpts      []Recipient
+	Size       int64 // bytes in the spool, including headers we added
+	ReceivedAt time.Time
+	SMTPUTF8   bool
+	Body       string // BODY= parameter: 7BIT, 8BITMIME or ""
+	Ret        string // RET= (RFC 3461): FULL, HDRS or ""
+	EnvID      string // ENVID= (RFC 3461), decoded
+	Client     string // remote IP address, for logs and the sandbox
+	Helo       string
+}
+
+// Recipient is one delivery target after routing and alias expansion.
+type Recipient struct {
+	Addr   string // the address delivered to: a mailbox, or a remote address
+	Orig   string // the address the client gave in RCPT TO, before alias expansion
+	ORCPT  string // RFC 3461 ORCPT parameter, "type;address"
+	Notify string // RFC 3461 NOTIFY keywords, comma-separated; "" means the default
+	Route  Route
+}
+
+// Route says how a recipient leaves the queue.
+type Route struct {
+	Transport string // maildir, lmtp, remote, ...
+	NextHop   string // for local transports the mailbox address; for remote the domain
+}

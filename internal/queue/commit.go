@@ -1,0 +1,163 @@
+package queue
+
+import (
+	"database/sql"
+	"fmt"
+
+	"github.com/postamt/postamt/internal/mail"
+)
+
+// op is one unit of work for the group-commit loop: it runs inside a shared transaction, and done
+// receives the commit's outcome. after runs once the transaction is durable.
+type op struct {
+	apply func(tx *sql.Tx) error
+	after func()
+	// needsDirSync marks ops that reference new spool files: their names must be durable before
+	// the rows that point at them commit.
+	needsDirSync bool
+	done         chan error // nil for fire-and-forget ops
+}
+
+const maxBatch = 512
+
+// commitLoop is the single writer. While one transaction commits (one fsync of the WAL), new ops
+// queue up on the channel and all go into the next transaction: that is the group commit that
+// lets concurrent sessions share fsyncs.
+func (q *Queue) commitLoop() {
+	defer close(q.commitDone)
+	for {
+		first, ok := <-q.commitCh
+		if !ok {
+			return
+		}
+		batch := append(q.batchBuf[:0], first)
+	drain:
+		for len(batch) < maxBatch {
+			select {
+			case o, ok := <-q.commitCh:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, o)
+			default:
+				break drain
+			}
+		}
+		q.commitBatch(batch)
+		q.batchBuf = batch
+		q.metrics.batches.Add(1)
+		q.metrics.batchedOps.Add(int64(len(batch)))
+	}
+}
+
+func (q *Queue) commitBatch(batch []*op) {
+	var dirErr error
+	for _, o := range batch {
+		if o.needsDirSync {
+			dirErr = q.spool.SyncDir()
+			break
+		}
+	}
+	ready := batch
+	if dirErr != nil {
+		ready = ready[:0:0]
+		for _, o := range batch {
+			if o.needsDirSync {
+				finish(o, dirErr)
+			} else {
+				ready = append(ready, o)
+			}
+		}
+	}
+	if len(ready) == 0 {
+		return
+	}
+	if err := q.runTx(ready); err == nil {
+		q.commitSeq.Add(1)
+		for _, o := range ready {
+			finish(o, nil)
+		}
+		return
+	}
+	// Something in the batch failed: commit each op on its own so that one bad op cannot fail
+	// its neighbours.
+	for _, o := range ready {
+		err := q.runTx([]*op{o})
+		if err == nil {
+			q.commitSeq.Add(1)
+		}
+		finish(o, err)
+	}
+}
+
+func finish(o *op, err error) {
+	if err == nil && o.after != nil {
+		o.after()
+	}
+	if o.done != nil {
+		o.done <- err
+	}
+}
+
+func (q *Queue) runTx(ops []*op) error {
+	tx, err := q.db.Begin()
+	if err != nil {
+		return fmt.Errorf("queue: begin: %w", err)
+	}
+	for _, o := range ops {
+		if err := o.apply(tx); err != nil {
+			tx.Rollback()
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("queue: commit: %w", err)
+	}
+	return nil
+}
+
+// insertOp stores a new message and its recipients.
+func (q *Queue) insertOp(env *mail.Envelope) func(tx *sql.Tx) error {
+	return func(tx *sql.Tx) error {
+		received := env.ReceivedAt.UnixMicro()
+		if _, err := tx.Stmt(q.stmts.insMsg).Exec(env.ID, env.From, env.Size, received, env.SMTPUTF8,
+			env.Body, env.Ret, env.EnvID, env.Client, env.Helo); err != nil {
+			return fmt.Errorf("queue: insert message %s: %w", env.ID, err)
+		}
+		ins := tx.Stmt(q.stmts.insRcpt)
+		for i, r := range env.Rcpts {
+			if _, err := ins.Exec(env.ID, i, r.Addr, r.Orig, r.ORCPT, r.Notify, r.Route.Transport,
+				r.Route.NextHop, statePending, received); err != nil {
+				return fmt.Errorf("queue: insert recipient %s/%d: %w", env.ID, i, err)
+			}
+		}
+		return nil
+	}
+}
+
+type stmts struct {
+	insMsg, insRcpt, updRcpt, countState, delRcpts, delMsg, failMsg *sql.Stmt
+}
+
+func (s *stmts) prepare(db *sql.DB) error {
+	var err error
+	p := func(q string) *sql.Stmt {
+		if err != nil {
+			return nil
+		}
+		var st *sql.Stmt
+		st, err = db.Prepare(q)
+		return st
+	}
+	s.insMsg = p(`INSERT INTO msg (id, sender, size, received, smtputf8, body, ret, envid, client, helo) VALUES (?,?,?,?,?,?,?,?,?,?)`)
+	s.insRcpt = p(`INSERT INTO rcpt (msg_id, idx, addr, orig, orcpt, notify, transport, next_hop, state, next_attempt) VALUES (?,?,?,?,?,?,?,?,?,?)`)
+	s.updRcpt = p(`UPDATE rcpt SET state = ?, attempts = ?, next_attempt = ?, last_error = ? WHERE msg_id = ? AND idx = ?`)
+	s.countState = p(`SELECT COUNT(*) FILTER (WHERE state = 0), COUNT(*) FILTER (WHERE state = 2) FROM rcpt WHERE msg_id = ?`)
+	s.delRcpts = p(`DELETE FROM rcpt WHERE msg_id = ?`)
+	s.delMsg = p(`DELETE FROM msg WHERE id = ?`)
+	s.failMsg = p(`UPDATE msg SET state = 2 WHERE id = ?`)
+	if err != nil {
+		return fmt.Errorf("queue: prepare: %w", err)
+	}
+	return nil
+}

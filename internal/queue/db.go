@@ -1,0 +1,74 @@
+package queue
+
+import (
+	"database/sql"
+	"fmt"
+	"net/url"
+
+	_ "modernc.org/sqlite" // registers the pure-Go "sqlite" driver: no cgo, no server
+)
+
+// Recipient states as stored. "In delivery" is never stored: it lives in memory, so a crash
+// leaves such recipients pending and they are simply tried again (at-least-once).
+const (
+	statePending   = 0
+	stateDelivered = 1
+	stateFailed    = 2
+)
+
+const schema = `
+CREATE TABLE IF NOT EXISTS msg (
+	id       TEXT PRIMARY KEY,
+	sender   TEXT NOT NULL,
+	size     INTEGER NOT NULL,
+	received INTEGER NOT NULL, -- unix microseconds
+	smtputf8 INTEGER NOT NULL,
+	body     TEXT NOT NULL,
+	ret      TEXT NOT NULL,
+	envid    TEXT NOT NULL,
+	client   TEXT NOT NULL,
+	helo     TEXT NOT NULL,
+	state    INTEGER NOT NULL DEFAULT 0 -- 0 active, 2 has failed recipients awaiting a bounce
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rcpt (
+	msg_id       TEXT NOT NULL,
+	idx          INTEGER NOT NULL,
+	addr         TEXT NOT NULL,
+	orig         TEXT NOT NULL,
+	orcpt        TEXT NOT NULL,
+	notify       TEXT NOT NULL,
+	transport    TEXT NOT NULL,
+	next_hop     TEXT NOT NULL,
+	state        INTEGER NOT NULL,
+	attempts     INTEGER NOT NULL DEFAULT 0,
+	next_attempt INTEGER NOT NULL, -- unix microseconds
+	last_error   TEXT NOT NULL DEFAULT '',
+	PRIMARY KEY (msg_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rcpt_due ON rcpt (state, next_attempt);
+`
+
+// openDB opens the queue database. WAL with synchronous=FULL makes every commit durable
+// (the WAL is fsynced at commit), which is what a 250 promises.
+func openDB(path string) (w, r *sql.DB, err error) {
+	dsn := "file:" + url.PathEscape(path) + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
+		"&_pragma=busy_timeout(10000)&_pragma=foreign_keys(OFF)&_txlock=immediate"
+	w, err = sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, nil, fmt.Errorf("queue: open %s: %w", path, err)
+	}
+	// One writer connection: SQLite serialises writers anyway, and the group-commit loop is the
+	// only writer.
+	w.SetMaxOpenConns(1)
+	if _, err := w.Exec(schema); err != nil {
+		w.Close()
+		return nil, nil, fmt.Errorf("queue: schema: %w", err)
+	}
+	r, err = sql.Open("sqlite", "file:"+url.PathEscape(path)+"?_pragma=busy_timeout(10000)&mode=ro")
+	if err != nil {
+		w.Close()
+		return nil, nil, fmt.Errorf("queue: open %s: %w", path, err)
+	}
+	r.SetMaxOpenConns(4)
+	return w, r, nil
+}

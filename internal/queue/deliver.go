@@ -1,0 +1,361 @@
+package queue
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/postamt/postamt/internal/mail"
+	"github.com/postamt/postamt/internal/smtp"
+	"github.com/postamt/postamt/internal/transport"
+)
+
+// job is one delivery attempt: recipients of one message that share a route.
+type job struct {
+	env      *mail.Envelope // shared by the jobs of one message; read-only
+	idx      []int          // recipient indexes in env.Rcpts
+	attempts []int          // attempts made so far, per recipient
+	route    mail.Route
+}
+
+func rcptKey(id string, idx int) string { return id + "/" + strconv.Itoa(idx) }
+
+// dispatchNew schedules a just-committed message without touching the database: on the hot path
+// the envelope is still in memory.
+func (q *Queue) dispatchNew(env *mail.Envelope) {
+	idx := make([]int, len(env.Rcpts))
+	for i := range idx {
+		idx[i] = i
+	}
+	q.dispatch(env, idx, make([]int, len(env.Rcpts)), -1)
+}
+
+// dispatch groups recipients by route and hands the jobs to the workers. When block is false and
+// the workers are saturated, the recipients stay pending in the database and the scheduler's next
+// scan picks them up: nothing is lost, delivery is only later.
+//
+// readSeq is the commit sequence number read before the rows were read (-1 for a new message):
+// a recipient whose last outcome was committed after that may have been read stale and is skipped.
+func (q *Queue) dispatch(env *mail.Envelope, idx, attempts []int, readSeq int64) {
+	byRoute := map[mail.Route]*job{}
+	var order []*job
+	q.mu.Lock()
+	for n, i := range idx {
+		k := rcptKey(env.ID, i)
+		if seq, ok := q.inflight[k]; ok && (seq == busy || seq > readSeq) {
+			continue
+		}
+		q.inflight[k] = busy
+		r := env.Rcpts[i].Route
+		j := byRoute[r]
+		if j == nil {
+			j = &job{env: env, route: r}
+			byRoute[r] = j
+			order = append(order, j)
+		}
+		j.idx = append(j.idx, i)
+		j.attempts = append(j.attempts, attempts[n])
+	}
+	q.mu.Unlock()
+	block := readSeq >= 0
+	for _, j := range order {
+		if block {
+			select {
+			case q.work <- j:
+				continue
+			case <-q.stop:
+			}
+		} else {
+			select {
+			case q.work <- j:
+				continue
+			default:
+			}
+		}
+		q.release(j)
+	}
+}
+
+// busy marks a recipient with an attempt in progress; other values in inflight are tombstones:
+// the commit sequence number after which the recipient's latest outcome is visible to readers.
+const busy = -1
+
+func (q *Queue) release(j *job) {
+	seq := q.commitSeq.Load()
+	q.mu.Lock()
+	for _, i := range j.idx {
+		q.inflight[rcptKey(j.env.ID, i)] = seq
+	}
+	q.mu.Unlock()
+}
+
+// dropTombstones forgets outcomes that every later scan sees anyway.
+func (q *Queue) dropTombstones(upTo int64) {
+	q.mu.Lock()
+	for k, seq := range q.inflight {
+		if seq != busy && seq <= upTo {
+			delete(q.inflight, k)
+		}
+	}
+	q.mu.Unlock()
+}
+
+func (q *Queue) worker() {
+	defer q.wg.Done()
+	for {
+		select {
+		case j := <-q.work:
+			q.attempt(j)
+		case <-q.stop:
+			return
+		}
+	}
+}
+
+// outcome is the new state of one recipient after an attempt.
+type outcome struct {
+	idx      int
+	state    int
+	attempts int
+	next     time.Time
+	reply    *smtp.Reply
+	remote   string
+}
+
+func (q *Queue) attempt(j *job) {
+	env := j.env
+	rcpts := make([]mail.Recipient, len(j.idx))
+	for n, i := range j.idx {
+		rcpts[n] = env.Rcpts[i]
+	}
+	msg := &transport.Message{
+		ID: env.ID, From: env.From, Size: env.Size, ReceivedAt: env.ReceivedAt,
+		SMTPUTF8: env.SMTPUTF8, Body8Bit: env.Body == "8BITMIME",
+		Open: func() (io.ReadCloser, error) { return q.spool.Open(env.ID) },
+	}
+	start := q.opts.Now()
+	var results []transport.Result
+	var err error
+	if tr := q.transports[j.route.Transport]; tr == nil {
+		err = smtp.Replyf(451, smtp.EnhancedCode{4, 3, 5}, "No %q transport is configured", j.route.Transport)
+	} else {
+		ctx, cancel := context.WithTimeout(q.ctx, q.opts.AttemptTimeout)
+		results, err = tr.Deliver(ctx, msg, rcpts)
+		cancel()
+		if err == nil && len(results) != len(rcpts) {
+			err = fmt.Errorf("transport %s returned %d results for %d recipients", tr.Name(), len(results), len(rcpts))
+		}
+	}
+	now := q.opts.Now()
+	outs := make([]outcome, len(j.idx))
+	for n, i := range j.idx {
+		o := outcome{idx: i, attempts: j.attempts[n] + 1}
+		if err != nil {
+			o.reply = smtp.ReplyFor(err, env.ID)
+		} else {
+			o.reply, o.remote = results[n].Reply, results[n].RemoteMTA
+		}
+		switch {
+		case o.reply == nil:
+			o.state = stateDelivered
+		case o.reply.Permanent():
+			o.state = stateFailed
+		default:
+			o.next = now.Add(q.backoff(o.attempts))
+			o.state = statePending
+			if o.next.Sub(env.ReceivedAt) > q.opts.MaxAge {
+				o.state = stateFailed
+				o.reply = smtp.Replyf(550, smtp.EnhancedCode{5, 4, 7}, "Delivery time expired after %d attempts; last error: %s",
+					o.attempts, o.reply.Line())
+			}
+		}
+		outs[n] = o
+		q.logDelivery(env, rcpts[n], o, now.Sub(start), err)
+	}
+	q.record(j, outs)
+}
+
+// backoff is the fixed schedule with jitter, so that messages queued together after an outage
+// do not all retry at the same instant (chasquid's reasoning).
+func (q *Queue) backoff(attempts int) time.Duration {
+	iv := q.opts.RetryIntervals
+	d := iv[min(attempts-1, len(iv)-1)]
+	return d + q.opts.Jitter(d)
+}
+
+func (q *Queue) logDelivery(env *mail.Envelope, r mail.Recipient, o outcome, took time.Duration, err error) {
+	status := map[int]string{stateDelivered: "sent", statePending: "deferred", stateFailed: "bounced"}[o.state]
+	attrs := []any{"id", env.ID, "to", r.Addr, "transport", r.Route.Transport, "status", status,
+		"attempt", o.attempts, "delay", q.opts.Now().Sub(env.ReceivedAt).Round(time.Millisecond), "took", took.Round(time.Microsecond)}
+	if r.Orig != r.Addr {
+		attrs = append(attrs, "orig_to", r.Orig)
+	}
+	if o.remote != "" {
+		attrs = append(attrs, "relay", o.remote)
+	}
+	if o.reply != nil {
+		attrs = append(attrs, "reply", o.reply.Line())
+		if o.reply.Err != nil {
+			attrs = append(attrs, "cause", o.reply.Err.Error())
+		}
+	}
+	if o.state == statePending {
+		attrs = append(attrs, "next_attempt", o.next.UTC().Format(time.RFC3339))
+	}
+	switch o.state {
+	case stateDelivered:
+		q.metrics.Delivered.Add(1)
+		q.log.Info("delivery", attrs...)
+	case statePending:
+		q.metrics.Deferred.Add(1)
+		q.log.Warn("delivery", attrs...)
+	default:
+		q.metrics.Failed.Add(1)
+		q.log.Warn("delivery", attrs...)
+	}
+}
+
+// record stores an attempt's outcomes through the group commit. It does not wait: the outcome of
+// a delivery that is lost in a crash is only a duplicate delivery later (at-least-once).
+func (q *Queue) record(j *job, outs []outcome) {
+	id := j.env.ID
+	var finished, hasFailed bool
+	o := &op{
+		apply: func(tx *sql.Tx) error {
+			upd := tx.Stmt(q.stmts.updRcpt)
+			for _, o := range outs {
+				errText := ""
+				if o.reply != nil {
+					errText = o.reply.Line()
+				}
+				next := int64(0)
+				if !o.next.IsZero() {
+					next = o.next.UnixMicro()
+				}
+				if _, err := upd.Exec(o.state, o.attempts, next, errText, id, o.idx); err != nil {
+					return fmt.Errorf("queue: update %s/%d: %w", id, o.idx, err)
+				}
+			}
+			var pending, failed int
+			if err := tx.Stmt(q.stmts.countState).QueryRow(id).Scan(&pending, &failed); err != nil {
+				return fmt.Errorf("queue: count %s: %w", id, err)
+			}
+			finished, hasFailed = pending == 0, failed > 0
+			switch {
+			case !finished:
+			case hasFailed:
+				// Kept, with the reasons, for the bounce (DSN) stage.
+				_, err := tx.Stmt(q.stmts.failMsg).Exec(id)
+				return err
+			default:
+				if _, err := tx.Stmt(q.stmts.delRcpts).Exec(id); err != nil {
+					return err
+				}
+				_, err := tx.Stmt(q.stmts.delMsg).Exec(id)
+				return err
+			}
+			return nil
+		},
+		after: func() {
+			if finished && !hasFailed {
+				q.spool.Remove(id)
+			}
+		},
+	}
+	// Release the in-flight marks only after the commit attempt, so the scheduler cannot pick a
+	// recipient up again while its outcome is still being written.
+	done := make(chan error, 1)
+	o.done = done
+	q.commitCh <- o
+	go func() {
+		if err := <-done; err != nil {
+			q.log.Error("queue: cannot record delivery outcome; it will be retried", "id", id, "err", err)
+		}
+		q.release(j)
+	}()
+}
+
+// Kick makes the scheduler scan for due recipients now.
+func (q *Queue) Kick() {
+	select {
+	case q.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (q *Queue) scheduler() {
+	defer q.wg.Done()
+	t := time.NewTicker(q.opts.ScanInterval)
+	defer t.Stop()
+	for {
+		if err := q.RunDue(q.ctx); err != nil && q.ctx.Err() == nil {
+			q.log.Error("queue: scan", "err", err)
+		}
+		select {
+		case <-q.stop:
+			return
+		case <-t.C:
+		case <-q.kick:
+		}
+	}
+}
+
+// RunDue dispatches every pending recipient whose next attempt is due by the queue's clock.
+// Tests call it after moving an injected clock forward instead of sleeping.
+func (q *Queue) RunDue(ctx context.Context) error {
+	readSeq := q.commitSeq.Load()
+	rows, err := q.rdb.QueryContext(ctx, `SELECT r.msg_id, r.idx, r.addr, r.orig, r.orcpt, r.notify, r.transport,
+		r.next_hop, r.attempts, m.sender, m.size, m.received, m.smtputf8, m.body, m.ret, m.envid, m.client, m.helo
+		FROM rcpt r JOIN msg m ON m.id = r.msg_id
+		WHERE r.state = 0 AND r.next_attempt <= ? ORDER BY r.next_attempt LIMIT 5000`, q.opts.Now().UnixMicro())
+	if err != nil {
+		return fmt.Errorf("queue: scan: %w", err)
+	}
+	type pend struct {
+		env      *mail.Envelope
+		idx      []int
+		attempts []int
+	}
+	msgs := map[string]*pend{}
+	var order []string
+	for rows.Next() {
+		var r mail.Recipient
+		var id string
+		var idx, attempts int
+		var received int64
+		env := &mail.Envelope{}
+		if err := rows.Scan(&id, &idx, &r.Addr, &r.Orig, &r.ORCPT, &r.Notify, &r.Route.Transport, &r.Route.NextHop,
+			&attempts, &env.From, &env.Size, &received, &env.SMTPUTF8, &env.Body, &env.Ret, &env.EnvID, &env.Client, &env.Helo); err != nil {
+			rows.Close()
+			return fmt.Errorf("queue: scan: %w", err)
+		}
+		p := msgs[id]
+		if p == nil {
+			env.ID = id
+			env.ReceivedAt = time.UnixMicro(received)
+			p = &pend{env: env}
+			msgs[id] = p
+			order = append(order, id)
+		}
+		// Recipient indexes are sparse here; grow the slice so that idx addresses it.
+		for len(p.env.Rcpts) <= idx {
+			p.env.Rcpts = append(p.env.Rcpts, mail.Recipient{})
+		}
+		p.env.Rcpts[idx] = r
+		p.idx = append(p.idx, idx)
+		p.attempts = append(p.attempts, attempts)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("queue: scan: %w", err)
+	}
+	for _, id := range order {
+		p := msgs[id]
+		q.dispatch(p.env, p.idx, p.attempts, readSeq)
+	}
+	q.dropTombstones(readSeq)
+	return nil
+}

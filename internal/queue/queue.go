@@ -1,0 +1,285 @@
+// Package queue is Postamt's durable queue: it accepts a message (body in the spool, envelope and
+// per-recipient state in SQLite), acknowledges only once both are on stable storage, and drives
+// delivery through transports with retries and backoff. It is the Intake every entry point
+// (SMTP, submission, API, DSNs) uses.
+//
+// It does not parse SMTP, route addresses (recipients arrive routed) or build DSNs; it records
+// permanent failures for the bounce stage.
+package queue
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/postamt/postamt/internal/mail"
+	"github.com/postamt/postamt/internal/observe"
+	"github.com/postamt/postamt/internal/spool"
+	"github.com/postamt/postamt/internal/transport"
+)
+
+// Options configure a Queue. Zero values get defaults.
+type Options struct {
+	Dir            string // holds queue.db and spool/
+	RetryIntervals []time.Duration
+	MaxAge         time.Duration
+	Workers        int
+	// AttemptTimeout bounds one delivery attempt.
+	AttemptTimeout time.Duration
+	// ScanInterval is how often the scheduler looks for due retries.
+	ScanInterval time.Duration
+	Transports   []transport.Transport
+	Logger       *slog.Logger
+	Now          func() time.Time // injected clock for tests
+	FS           spool.FS         // injected file system for fault tests
+	// Jitter returns the random extra delay added to a retry interval; nil for up to 10%.
+	Jitter func(d time.Duration) time.Duration
+}
+
+// Queue is the durable queue.
+type Queue struct {
+	opts       Options
+	db, rdb    *sql.DB
+	stmts      stmts
+	spool      *spool.Spool
+	ids        *observe.IDGen
+	log        *slog.Logger
+	transports map[string]transport.Transport
+
+	commitCh   chan *op
+	commitDone chan struct{}
+	batchBuf   []*op
+
+	work      chan *job
+	mu        sync.Mutex
+	inflight  map[string]int64 // rcptKey → busy, or a tombstone (see release)
+	commitSeq atomic.Int64     // transactions committed so far
+	wg        sync.WaitGroup
+	stop      chan struct{}
+	kick      chan struct{}
+	ctx       context.Context
+	cancel    context.CancelFunc
+	closed    atomic.Bool
+	acceptMu  sync.RWMutex
+
+	metrics Metrics
+}
+
+// Metrics are counters for observability and tests.
+type Metrics struct {
+	Accepted, Delivered, Deferred, Failed atomic.Int64
+	batches, batchedOps                   atomic.Int64
+}
+
+// Open opens or creates the queue in opts.Dir, cleans up after a crash, and starts the commit
+// loop. Delivery starts with Start, so that callers can finish wiring first.
+func Open(opts Options) (*Queue, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if len(opts.RetryIntervals) == 0 {
+		opts.RetryIntervals = []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour}
+	}
+	if opts.MaxAge == 0 {
+		opts.MaxAge = 5 * 24 * time.Hour
+	}
+	if opts.Workers == 0 {
+		opts.Workers = 64
+	}
+	if opts.AttemptTimeout == 0 {
+		opts.AttemptTimeout = 10 * time.Minute
+	}
+	if opts.ScanInterval == 0 {
+		opts.ScanInterval = time.Second
+	}
+	if opts.Jitter == nil {
+		opts.Jitter = func(d time.Duration) time.Duration { return time.Duration(rand.Int64N(int64(d)/10 + 1)) }
+	}
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	sp, err := spool.New(filepath.Join(opts.Dir, "spool"), opts.FS)
+	if err != nil {
+		return nil, err
+	}
+	db, rdb, err := openDB(filepath.Join(opts.Dir, "queue.db"))
+	if err != nil {
+		return nil, err
+	}
+	q := &Queue{
+		opts: opts, db: db, rdb: rdb, spool: sp,
+		ids:        observe.NewIDGen(opts.Now),
+		log:        opts.Logger,
+		transports: map[string]transport.Transport{},
+		commitCh:   make(chan *op, 4096),
+		commitDone: make(chan struct{}),
+		work:       make(chan *job, 8192),
+		stop:       make(chan struct{}),
+		kick:       make(chan struct{}, 1),
+		inflight:   map[string]int64{},
+	}
+	q.ctx, q.cancel = context.WithCancel(context.Background())
+	for _, t := range opts.Transports {
+		q.transports[t.Name()] = t
+	}
+	if err := q.stmts.prepare(db); err != nil {
+		db.Close()
+		rdb.Close()
+		return nil, err
+	}
+	if err := q.recover(); err != nil {
+		db.Close()
+		rdb.Close()
+		return nil, err
+	}
+	go q.commitLoop()
+	return q, nil
+}
+
+// Spool exposes the body store to readers such as the admin CLI.
+func (q *Queue) Spool() *spool.Spool { return q.spool }
+
+// Metrics returns live counters.
+func (q *Queue) Metrics() *Metrics { return &q.metrics }
+
+// NewID returns a fresh queue ID.
+func (q *Queue) NewID() string { return q.ids.New() }
+
+// Create starts a body in the spool under a new queue ID.
+func (q *Queue) Create() (*spool.Writer, error) {
+	return q.spool.Create(q.ids.New())
+}
+
+// ErrClosed is returned by Accept after Close.
+var ErrClosed = errors.New("queue: closed")
+
+// Accept makes the message durable: it fsyncs the body, then hands the envelope to the group
+// commit, which syncs the spool directory and commits the rows. It returns only when all of that
+// is on stable storage (or has failed, in which case the body is removed and nothing was queued).
+// On success the message is already scheduled for delivery.
+func (q *Queue) Accept(ctx context.Context, env *mail.Envelope, w *spool.Writer) error {
+	q.acceptMu.RLock()
+	defer q.acceptMu.RUnlock()
+	if q.closed.Load() {
+		w.Abort()
+		return ErrClosed
+	}
+	if err := w.Commit(); err != nil {
+		w.Abort()
+		return err
+	}
+	env.ID = w.ID()
+	env.Size = w.Size()
+	if env.ReceivedAt.IsZero() {
+		env.ReceivedAt = q.opts.Now()
+	}
+	o := &op{
+		apply:        q.insertOp(env),
+		needsDirSync: true,
+		done:         make(chan error, 1),
+		after:        func() { q.dispatchNew(env) },
+	}
+	q.commitCh <- o
+	// Wait even if ctx is cancelled: until the commit has finished we cannot tell the caller
+	// whether the message is queued, and the commit itself is bounded by the disk.
+	if err := <-o.done; err != nil {
+		w.Abort()
+		return err
+	}
+	q.metrics.Accepted.Add(1)
+	return nil
+}
+
+// Start starts delivery workers and the retry scheduler.
+func (q *Queue) Start() {
+	for i := 0; i < q.opts.Workers; i++ {
+		q.wg.Add(1)
+		go q.worker()
+	}
+	q.wg.Add(1)
+	go q.scheduler()
+}
+
+// Close stops accepting, lets running attempts finish until ctx ends, and closes the database.
+func (q *Queue) Close(ctx context.Context) error {
+	if q.closed.Swap(true) {
+		return nil
+	}
+	close(q.stop)
+	done := make(chan struct{})
+	go func() { q.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		q.cancel()
+		<-done
+	}
+	q.cancel()
+	q.acceptMu.Lock() // no Accept is between its closed check and its send any more
+	close(q.commitCh)
+	q.acceptMu.Unlock()
+	<-q.commitDone
+	q.rdb.Close()
+	return q.db.Close()
+}
+
+// recover makes the spool and the rows agree after a crash. It runs before anything is served,
+// so no session is writing a body that has no row yet.
+func (q *Queue) recover() error {
+	ids, err := q.spool.List()
+	if err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	rows, err := q.db.Query(`SELECT id FROM msg`)
+	if err != nil {
+		return fmt.Errorf("queue: recover: %w", err)
+	}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return fmt.Errorf("queue: recover: %w", err)
+		}
+		known[id] = true
+	}
+	rows.Close()
+	onDisk := map[string]bool{}
+	orphans := 0
+	for _, id := range ids {
+		onDisk[id] = true
+		if !known[id] {
+			// A body without rows was never acknowledged (the rows commit after the body): drop it.
+			q.spool.Remove(id)
+			orphans++
+		}
+	}
+	missing := 0
+	for id := range known {
+		if !onDisk[id] {
+			missing++
+			q.log.Error("queue: message body missing from spool; failing its recipients", "id", id)
+			if _, err := q.db.Exec(`UPDATE rcpt SET state = ?, last_error = ? WHERE msg_id = ? AND state = ?`,
+				stateFailed, "451 4.3.0 message body lost from the spool", id, statePending); err != nil {
+				return fmt.Errorf("queue: recover: %w", err)
+			}
+			q.db.Exec(`UPDATE msg SET state = 2 WHERE id = ?`, id)
+		}
+	}
+	var pending int
+	q.db.QueryRow(`SELECT COUNT(*) FROM rcpt WHERE state = 0`).Scan(&pending)
+	q.log.Info("queue opened", "dir", q.opts.Dir, "messages", len(known), "pending_recipients", pending,
+		"orphan_bodies_removed", orphans, "bodies_missing", missing)
+	return nil
+}

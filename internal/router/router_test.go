@@ -1,0 +1,96 @@
+package router
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/postamt/postamt/internal/config"
+	"github.com/postamt/postamt/internal/smtp"
+)
+
+func testRouter() *Router {
+	return New(config.Local{
+		Domains:       []string{"example.test", "xn--bcher-kva.example", "catch.test"},
+		Mailboxes:     []string{"alice@example.test", "Bob@example.test", "jörg@xn--bcher-kva.example"},
+		PlusSeparator: "+",
+		Transport:     "maildir",
+		Aliases: map[string][]string{
+			"sales@example.test": {"alice@example.test", "bob@example.test", "carol@remote.test"},
+			"loop1@example.test": {"loop2@example.test"},
+			"loop2@example.test": {"loop1@example.test"},
+			"ghost@example.test": {"nobody@example.test"},
+		},
+		CatchAll: map[string]string{"catch.test": "alice@example.test"},
+	})
+}
+
+func TestResolve(t *testing.T) {
+	r := testRouter()
+	tests := []struct {
+		path  string
+		auth  bool
+		code  int
+		enh   smtp.EnhancedCode
+		addrs string // sorted "addr>transport:nexthop" list
+	}{
+		{path: "<alice@example.test>", addrs: "alice@example.test>maildir:alice@example.test"},
+		{path: "<ALICE@Example.TEST>", addrs: "alice@example.test>maildir:alice@example.test"},
+		{path: `<"alice"@example.test>`, addrs: "alice@example.test>maildir:alice@example.test"},
+		{path: "<bob@example.test>", addrs: "bob@example.test>maildir:bob@example.test"},
+		{path: "<alice+news@example.test>", addrs: "alice+news@example.test>maildir:alice@example.test"},
+		{path: "<sales@example.test>", addrs: "alice@example.test>maildir:alice@example.test bob@example.test>maildir:bob@example.test carol@remote.test>remote:remote.test"},
+		{path: "<sales+x@example.test>", addrs: "alice@example.test>maildir:alice@example.test bob@example.test>maildir:bob@example.test carol@remote.test>remote:remote.test"},
+		{path: "<jörg@bücher.example>", addrs: "jörg@xn--bcher-kva.example>maildir:jörg@xn--bcher-kva.example"},
+		{path: "<postmaster@example.test>", addrs: "postmaster@example.test>maildir:postmaster@example.test"},
+		{path: "<PostMaster@catch.test>", addrs: "postmaster@catch.test>maildir:postmaster@catch.test"},
+		{path: "<Postmaster>", addrs: "postmaster@example.test>maildir:postmaster@example.test"},
+		{path: "<anything@catch.test>", addrs: "alice@example.test>maildir:alice@example.test"},
+		{path: "<nobody@example.test>", code: 550, enh: smtp.EnhancedCode{5, 1, 1}},
+		{path: "<ghost@example.test>", code: 550, enh: smtp.EnhancedCode{5, 1, 1}},
+		{path: "<loop1@example.test>", code: 554, enh: smtp.EnhancedCode{5, 4, 6}},
+		{path: "<x@remote.test>", code: 554, enh: smtp.EnhancedCode{5, 7, 1}},
+		{path: "<x@remote.test>", auth: true, addrs: "x@remote.test>remote:remote.test"},
+		// Open-relay tricks.
+		{path: "<x%remote.test@example.test>", code: 554, enh: smtp.EnhancedCode{5, 7, 1}},
+		{path: "<remote.test!x@example.test>", code: 554, enh: smtp.EnhancedCode{5, 7, 1}},
+		{path: `<"x@remote.test"@example.test>`, code: 554, enh: smtp.EnhancedCode{5, 7, 1}},
+		{path: "<@example.test:x@remote.test>", code: 554, enh: smtp.EnhancedCode{5, 7, 1}},
+		{path: "<@remote.test:alice@example.test>", code: 554, enh: smtp.EnhancedCode{5, 7, 1}},
+		{path: "<x@[127.0.0.1]>", code: 554, enh: smtp.EnhancedCode{5, 7, 1}},
+		{path: "<alice@example.test.>", code: -1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			p, _, err := smtp.ParsePath(tt.path, true)
+			if tt.code == -1 {
+				if err == nil {
+					t.Fatalf("syntax accepted: %+v", p)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			rcpts, reply := r.Resolve(p, tt.auth)
+			if tt.code != 0 {
+				if reply == nil || reply.Code != tt.code || reply.Enhanced != tt.enh {
+					t.Fatalf("want %d %v, got %v %+v", tt.code, tt.enh, reply, rcpts)
+				}
+				return
+			}
+			if reply != nil {
+				t.Fatal(reply)
+			}
+			var got []string
+			for _, rc := range rcpts {
+				got = append(got, fmt.Sprintf("%s>%s:%s", rc.Addr, rc.Route.Transport, rc.Route.NextHop))
+			}
+			sort.Strings(got)
+			if strings.Join(got, " ") != tt.addrs {
+				t.Fatalf("got %s\nwant %s", strings.Join(got, " "), tt.addrs)
+			}
+		})
+	}
+}

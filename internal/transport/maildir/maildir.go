@@ -1,0 +1,242 @@
+// Package maildir delivers to Maildir folders (the tmp/new/cur layout of
+// https://cr.yp.to/proto/maildir.html that Dovecot, mutt and others read). Each delivery is
+// atomic: written in tmp, fsynced, renamed into new, and new is fsynced so the name survives a
+// crash. It adds Return-Path and Delivered-To; the Received header is already in the stored body.
+package maildir
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/postamt/postamt/internal/mail"
+	"github.com/postamt/postamt/internal/smtp"
+	"github.com/postamt/postamt/internal/spool"
+	"github.com/postamt/postamt/internal/transport"
+)
+
+// Transport delivers to <Root>/<domain>/<local part>/.
+type Transport struct {
+	Root     string
+	Hostname string // part of the unique file name
+	// CRLF keeps the stored CRLF line endings. By default lines end in LF, as mail in a Maildir
+	// conventionally does (Dovecot's default mail_save_crlf=no, Postfix's local and virtual).
+	CRLF bool
+
+	created sync.Map // mailbox dir → struct{}: tmp/new/cur known to exist
+	seq     atomic.Uint64
+}
+
+func (t *Transport) Name() string { return "maildir" }
+
+// Deliver writes the message once per recipient.
+func (t *Transport) Deliver(ctx context.Context, msg *transport.Message, rcpts []mail.Recipient) ([]transport.Result, error) {
+	res := make([]transport.Result, len(rcpts))
+	for i, r := range rcpts {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if err := t.deliverOne(msg, r); err != nil {
+			res[i].Reply = replyFor(err)
+		}
+	}
+	return res, nil
+}
+
+func replyFor(err error) *smtp.Reply {
+	var r *smtp.Reply
+	if errors.As(err, &r) {
+		return r
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return smtp.NewReply(452, smtp.CodeMailboxFull, "Mailbox or disk full").WithErr(err)
+	}
+	return smtp.NewReply(451, smtp.EnhancedCode{4, 3, 0}, "Local delivery failed").WithErr(err)
+}
+
+// MailboxDir returns the directory of the mailbox for addr (local@domain). Path separators and
+// leading dots in the parts are escaped so that an address can never name a path outside Root.
+func (t *Transport) MailboxDir(addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	local, domain := addr, ""
+	if at >= 0 {
+		local, domain = addr[:at], addr[at+1:]
+	}
+	return filepath.Join(t.Root, safeName(strings.ToLower(domain)), safeName(local))
+}
+
+func safeName(s string) string {
+	if s == "" {
+		return "_"
+	}
+	s = strings.ReplaceAll(s, "%", "%25")
+	s = strings.ReplaceAll(s, "/", "%2F")
+	s = strings.ReplaceAll(s, "\x00", "%00")
+	if s[0] == '.' {
+		s = "%2E" + s[1:]
+	}
+	return s
+}
+
+func (t *Transport) ensure(dir string) error {
+	if _, ok := t.created.Load(dir); ok {
+		return nil
+	}
+	for _, sub := range []string{"tmp", "new", "cur"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return err
+		}
+	}
+	// The new directories must themselves survive a crash before a message is renamed into one.
+	for d := dir; d != t.Root && len(d) > len(t.Root); d = filepath.Dir(d) {
+		if err := spool.SyncDir(filepath.Dir(d)); err != nil {
+			return err
+		}
+	}
+	t.created.Store(dir, struct{}{})
+	return nil
+}
+
+var pid = strconv.Itoa(os.Getpid())
+
+func (t *Transport) uniqueName() string {
+	now := time.Now()
+	host := strings.NewReplacer("/", `\057`, ":", `\072`).Replace(t.Hostname)
+	return strconv.FormatInt(now.Unix(), 10) + ".M" + strconv.Itoa(now.Nanosecond()/1000) + "P" + pid +
+		"Q" + strconv.FormatUint(t.seq.Add(1), 10) + "." + host
+}
+
+func (t *Transport) deliverOne(msg *transport.Message, r mail.Recipient) error {
+	dir := t.MailboxDir(r.Route.NextHop)
+	if err := t.ensure(dir); err != nil {
+		return err
+	}
+	body, err := msg.Open()
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	name := t.uniqueName()
+	tmp := filepath.Join(dir, "tmp", name)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	size, err := t.write(f, msg, r, body)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	// ,S= carries the size so that Dovecot need not stat the file (its maildir_size convention).
+	final := filepath.Join(dir, "new", name+",S="+strconv.FormatInt(size, 10))
+	if err := os.Rename(tmp, final); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return spool.SyncDir(filepath.Join(dir, "new"))
+}
+
+var bufPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
+
+func (t *Transport) write(f *os.File, msg *transport.Message, r mail.Recipient, body io.Reader) (int64, error) {
+	bw := bufPool.Get().(*bufio.Writer)
+	bw.Reset(f)
+	defer bufPool.Put(bw)
+	eol := "\n"
+	if t.CRLF {
+		eol = "\r\n"
+	}
+	cw := &countWriter{w: bw}
+	// RFC 5321 §4.4: the final delivery MTA adds Return-Path with the reverse-path.
+	fmt.Fprintf(cw, "Return-Path: <%s>%s", msg.From, eol)
+	fmt.Fprintf(cw, "Delivered-To: %s%s", r.Addr, eol)
+	var err error
+	if t.CRLF {
+		_, err = io.Copy(cw, body)
+	} else {
+		err = copyLF(cw, body)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return cw.n, bw.Flush()
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// copyLF copies r to w turning CRLF into LF. The spool only ever holds CRLF line endings (the
+// SMTP server refuses bare CR and LF), so every CR is followed by LF, possibly in the next read.
+func copyLF(w io.Writer, r io.Reader) error {
+	buf := make([]byte, 32<<10)
+	pendingCR := false
+	for {
+		n, err := r.Read(buf)
+		p := buf[:n]
+		if pendingCR && len(p) > 0 && p[0] != '\n' {
+			if _, werr := w.Write([]byte{'\r'}); werr != nil {
+				return werr
+			}
+		}
+		if pendingCR && len(p) > 0 {
+			pendingCR = false
+		}
+		for len(p) > 0 {
+			i := bytes.IndexByte(p, '\r')
+			if i < 0 {
+				if _, werr := w.Write(p); werr != nil {
+					return werr
+				}
+				break
+			}
+			if _, werr := w.Write(p[:i]); werr != nil {
+				return werr
+			}
+			if i+1 == len(p) {
+				pendingCR = true
+				break
+			}
+			if p[i+1] != '\n' {
+				if _, werr := w.Write(p[i : i+1]); werr != nil {
+					return werr
+				}
+			}
+			p = p[i+1:]
+		}
+		if err == io.EOF {
+			if pendingCR {
+				_, werr := w.Write([]byte{'\r'})
+				return werr
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
