@@ -1,0 +1,335 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/postamt/postamt/internal/mail"
+	"github.com/postamt/postamt/internal/smtp"
+	"github.com/postamt/postamt/internal/spool"
+	"github.com/postamt/postamt/internal/transport"
+	"github.com/postamt/postamt/internal/transport/transporttest"
+)
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+type fixture struct {
+	t   *testing.T
+	dir string
+	q   *Queue
+	rec *transporttest.Recorder
+	clk *clock
+}
+
+func newFixture(t *testing.T, fs spool.FS) *fixture {
+	f := &fixture{t: t, dir: t.TempDir(), rec: &transporttest.Recorder{}, clk: &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
+	f.open(fs)
+	t.Cleanup(func() { f.q.Close(context.Background()) })
+	return f
+}
+
+func (f *fixture) open(fs spool.FS) {
+	q, err := Open(Options{Dir: f.dir, Transports: []transport.Transport{f.rec}, Now: f.clk.Now, FS: fs,
+		RetryIntervals: []time.Duration{time.Minute, 10 * time.Minute}, MaxAge: time.Hour,
+		ScanInterval: time.Hour, // tests drive the scheduler with RunDue
+		Jitter:       func(time.Duration) time.Duration { return 0 }})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	q.Start()
+	f.q = q
+}
+
+func (f *fixture) accept(rcpts ...string) (string, error) {
+	w, err := f.q.Create()
+	if err != nil {
+		return "", err
+	}
+	fmt.Fprintf(w, "Subject: test\r\n\r\nbody of %s\r\n", w.ID())
+	env := &mail.Envelope{From: "sender@remote.test"}
+	for _, r := range rcpts {
+		env.Rcpts = append(env.Rcpts, mail.Recipient{Addr: r, Orig: r, Route: mail.Route{Transport: "maildir", NextHop: "x.test"}})
+	}
+	err = f.q.Accept(context.Background(), env, w)
+	return env.ID, err
+}
+
+func (f *fixture) waitAttempts(n int) {
+	f.t.Helper()
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
+		if f.rec.Attempts() >= n {
+			// let the outcome's commit land
+			time.Sleep(20 * time.Millisecond)
+			return
+		}
+	}
+	f.t.Fatalf("want %d attempts, have %d", n, f.rec.Attempts())
+}
+
+func (f *fixture) rcptState(id string, idx int) (state, attempts int, lastErr string) {
+	f.t.Helper()
+	err := f.q.rdb.QueryRow(`SELECT state, attempts, last_error FROM rcpt WHERE msg_id = ? AND idx = ?`, id, idx).Scan(&state, &attempts, &lastErr)
+	if err != nil {
+		f.t.Fatalf("rcpt %s/%d: %v", id, idx, err)
+	}
+	return
+}
+
+func (f *fixture) count(table string) int {
+	var n int
+	f.q.rdb.QueryRow(`SELECT COUNT(*) FROM ` + table).Scan(&n)
+	return n
+}
+
+func TestDeliverAndCleanUp(t *testing.T) {
+	f := newFixture(t, nil)
+	id, err := f.accept("a@x.test", "b@x.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.waitAttempts(1)
+	if d := f.rec.Deliveries(); len(d) != 2 || d[0].ID != id {
+		t.Fatalf("%+v", d)
+	}
+	if f.count("msg") != 0 || f.count("rcpt") != 0 {
+		t.Fatal("rows left after full delivery")
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, "spool", id)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("body left in spool: %v", err)
+	}
+}
+
+func TestRetryBackoffAndPermanentFailure(t *testing.T) {
+	f := newFixture(t, nil)
+	f.rec.SetFail("a@x.test", smtp.NewReply(451, smtp.EnhancedCode{4, 2, 0}, "try later"))
+	f.rec.SetFail("b@x.test", smtp.NewReply(550, smtp.EnhancedCode{5, 1, 1}, "no such user"))
+	id, err := f.accept("a@x.test", "b@x.test", "c@x.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.waitAttempts(1)
+	if st, n, e := f.rcptState(id, 0); st != statePending || n != 1 || e != "451 4.2.0 try later" {
+		t.Fatalf("a: %d %d %q", st, n, e)
+	}
+	if st, _, e := f.rcptState(id, 1); st != stateFailed || e != "550 5.1.1 no such user" {
+		t.Fatalf("b: %d %q", st, e)
+	}
+	if st, _, _ := f.rcptState(id, 2); st != stateDelivered {
+		t.Fatalf("c: %d", st)
+	}
+	// Not due yet: nothing happens.
+	f.clk.Add(59 * time.Second)
+	f.q.RunDue(context.Background())
+	time.Sleep(20 * time.Millisecond)
+	if f.rec.Attempts() != 1 {
+		st, n, e := f.rcptState(id, 0)
+		t.Fatalf("retried before the backoff interval: %d attempts; a: %d %d %q; deliveries %d", f.rec.Attempts(), st, n, e, len(f.rec.Deliveries()))
+	}
+	f.clk.Add(time.Second)
+	f.rec.SetFail("a@x.test", nil)
+	f.q.RunDue(context.Background())
+	f.waitAttempts(2)
+	if st, n, _ := f.rcptState(id, 0); st != stateDelivered || n != 2 {
+		t.Fatalf("a after retry: %d %d", st, n)
+	}
+	// b failed permanently: the message is kept, marked for the bounce stage, body included.
+	var state int
+	f.q.rdb.QueryRow(`SELECT state FROM msg WHERE id = ?`, id).Scan(&state)
+	if state != 2 {
+		t.Fatalf("message state %d, want 2", state)
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, "spool", id)); err != nil {
+		t.Fatal("body of a message with a failed recipient must be kept for the DSN")
+	}
+}
+
+func TestGiveUpAfterMaxAge(t *testing.T) {
+	f := newFixture(t, nil)
+	f.rec.SetFail("a@x.test", smtp.NewReply(421, smtp.EnhancedCode{4, 4, 2}, "busy"))
+	id, _ := f.accept("a@x.test")
+	f.waitAttempts(1)
+	for i := 2; i <= 7; i++ {
+		f.clk.Add(10 * time.Minute)
+		f.q.RunDue(context.Background())
+		f.waitAttempts(i)
+	}
+	st, n, e := f.rcptState(id, 0)
+	if st != stateFailed || n != 7 || e == "" {
+		t.Fatalf("%d %d %q", st, n, e)
+	}
+	t.Log(e)
+}
+
+// failFS makes one operation fail.
+type failFS struct {
+	spool.OS
+	syncErr, dirErr, createErr error
+}
+
+type failFile struct {
+	*os.File
+	err error
+}
+
+func (f failFile) Sync() error { return f.err }
+
+func (fs failFS) Create(name string) (spool.File, error) {
+	if fs.createErr != nil {
+		return nil, fs.createErr
+	}
+	f, err := spool.OS{}.Create(name)
+	if err != nil || fs.syncErr == nil {
+		return f, err
+	}
+	return failFile{f.(*os.File), fs.syncErr}, nil
+}
+
+func (fs failFS) SyncDir(dir string) error {
+	if fs.dirErr != nil {
+		return fs.dirErr
+	}
+	return spool.SyncDir(dir)
+}
+
+func TestStorageFaultsAcknowledgeNothing(t *testing.T) {
+	for name, fs := range map[string]failFS{
+		"fsync":    {syncErr: errors.New("I/O error")},
+		"dir sync": {dirErr: errors.New("I/O error")},
+		"full":     {syncErr: syscall.ENOSPC},
+		"create":   {createErr: syscall.ENOSPC},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t, fs)
+			_, err := f.accept("a@x.test")
+			if err == nil {
+				t.Fatal("accepted despite the storage fault")
+			}
+			r := smtp.ReplyFor(err, "REF")
+			if errors.Is(fs.syncErr, syscall.ENOSPC) || errors.Is(fs.createErr, syscall.ENOSPC) {
+				if r.Code != 452 || r.Enhanced != (smtp.EnhancedCode{4, 3, 1}) {
+					t.Fatalf("disk full gave %v", r)
+				}
+			} else if r.Code != 451 {
+				t.Fatalf("got %v", r)
+			}
+			time.Sleep(20 * time.Millisecond)
+			if f.count("msg") != 0 || f.rec.Attempts() != 0 {
+				t.Fatal("a refused message was queued or delivered")
+			}
+			ids, _ := f.q.spool.List()
+			if len(ids) != 0 {
+				t.Fatalf("half-written bodies left: %v", ids)
+			}
+		})
+	}
+}
+
+func TestRestartResumesAndCleansUp(t *testing.T) {
+	f := newFixture(t, nil)
+	f.rec.Err = errors.New("connection refused")
+	id, err := f.accept("a@x.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.waitAttempts(1)
+	f.q.Close(context.Background())
+	// A body with no rows (a crash between body and commit) and rows with no body.
+	os.WriteFile(filepath.Join(f.dir, "spool", "ORPHAN"), []byte("x"), 0o600)
+	f.rec.Err = nil
+	f.open(nil)
+	if _, err := os.Stat(filepath.Join(f.dir, "spool", "ORPHAN")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("orphan body kept")
+	}
+	f.clk.Add(time.Minute)
+	f.q.RunDue(context.Background())
+	f.waitAttempts(2)
+	if d := f.rec.Deliveries(); len(d) != 1 || d[0].ID != id {
+		t.Fatalf("%+v", d)
+	}
+}
+
+func TestMissingBodyFailsLoudly(t *testing.T) {
+	f := newFixture(t, nil)
+	f.rec.Err = errors.New("down")
+	id, _ := f.accept("a@x.test")
+	f.waitAttempts(1)
+	f.q.Close(context.Background())
+	os.Remove(filepath.Join(f.dir, "spool", id))
+	f.open(nil)
+	if st, _, e := f.rcptState(id, 0); st != stateFailed || e == "" {
+		t.Fatalf("%d %q", st, e)
+	}
+}
+
+// TestConcurrentAcceptGroupCommit checks that concurrent acceptances share transactions and that
+// every message is delivered exactly once even while the scheduler scans continuously.
+func TestConcurrentAcceptGroupCommit(t *testing.T) {
+	f := newFixture(t, nil)
+	const n = 400
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	stop := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				f.q.RunDue(context.Background())
+			}
+		}
+	}()
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := f.accept("a@x.test"); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(10 * time.Second); len(f.rec.Deliveries()) < n && time.Now().Before(end); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	close(stop)
+	seen := map[string]int{}
+	for _, d := range f.rec.Deliveries() {
+		seen[d.ID]++
+	}
+	if len(seen) != n {
+		t.Fatalf("%d distinct messages delivered, want %d", len(seen), n)
+	}
+	for id, c := range seen {
+		if c != 1 {
+			t.Fatalf("%s delivered %d times", id, c)
+		}
+	}
+	b, ops := f.q.metrics.batches.Load(), f.q.metrics.batchedOps.Load()
+	t.Logf("%d ops in %d transactions", ops, b)
+	if b >= ops {
+		t.Errorf("no group commit: %d transactions for %d ops", b, ops)
+	}
+}

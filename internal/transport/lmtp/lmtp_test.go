@@ -1,0 +1,117 @@
+package lmtp
+
+import (
+	"context"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	gosmtp "github.com/emersion/go-smtp"
+
+	"github.com/postamt/postamt/internal/mail"
+	"github.com/postamt/postamt/internal/transport"
+)
+
+// fakeStore is a scripted LMTP peer: it refuses "unknown" at RCPT and "full" after DATA.
+type fakeStore struct {
+	mu   sync.Mutex
+	got  map[string]string
+	from string
+}
+
+type fakeSession struct {
+	s     *fakeStore
+	rcpts []string
+}
+
+func (b *fakeStore) NewSession(*gosmtp.Conn) (gosmtp.Session, error) { return &fakeSession{s: b}, nil }
+
+func (s *fakeSession) Mail(from string, _ *gosmtp.MailOptions) error {
+	s.s.mu.Lock()
+	s.s.from = from
+	s.s.mu.Unlock()
+	return nil
+}
+
+func (s *fakeSession) Rcpt(to string, _ *gosmtp.RcptOptions) error {
+	if strings.HasPrefix(to, "unknown@") {
+		return &gosmtp.SMTPError{Code: 550, EnhancedCode: gosmtp.EnhancedCode{5, 1, 1}, Message: "User doesn't exist"}
+	}
+	s.rcpts = append(s.rcpts, to)
+	return nil
+}
+
+func (s *fakeSession) Data(r io.Reader) error { return nil }
+
+func (s *fakeSession) LMTPData(r io.Reader, st gosmtp.StatusCollector) error {
+	b, _ := io.ReadAll(r)
+	for _, to := range s.rcpts {
+		if strings.HasPrefix(to, "full@") {
+			st.SetStatus(to, &gosmtp.SMTPError{Code: 452, EnhancedCode: gosmtp.EnhancedCode{4, 2, 2}, Message: "Quota exceeded"})
+			continue
+		}
+		s.s.mu.Lock()
+		s.s.got[to] = string(b)
+		s.s.mu.Unlock()
+		st.SetStatus(to, nil)
+	}
+	return nil
+}
+
+func (s *fakeSession) Reset()        {}
+func (s *fakeSession) Logout() error { return nil }
+
+func TestPerRecipientResults(t *testing.T) {
+	store := &fakeStore{got: map[string]string{}}
+	srv := gosmtp.NewServer(store)
+	srv.LMTP = true
+	srv.Domain = "store.test"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+
+	tr := &Transport{Address: ln.Addr().String(), Hostname: "mx.test"}
+	body := "Subject: x\r\n\r\n.dot line\r\nbody\r\n"
+	msg := &transport.Message{ID: "Q", From: "s@remote.test", Open: func() (io.ReadCloser, error) {
+		return io.NopCloser(strings.NewReader(body)), nil
+	}}
+	rc := func(a string) mail.Recipient { return mail.Recipient{Addr: a, Route: mail.Route{Transport: "lmtp", NextHop: a}} }
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := tr.Deliver(ctx, msg, []mail.Recipient{rc("ok@d.test"), rc("unknown@d.test"), rc("full@d.test"), rc("ok2@d.test")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Reply != nil || res[3].Reply != nil {
+		t.Fatalf("ok recipients failed: %v %v", res[0].Reply, res[3].Reply)
+	}
+	if r := res[1].Reply; r == nil || r.Code != 550 || !r.Permanent() || !strings.Contains(r.Text, "User doesn't exist") {
+		t.Fatalf("unknown: %v", r)
+	}
+	if r := res[2].Reply; r == nil || r.Code != 452 || !r.Temporary() {
+		t.Fatalf("full: %v", r)
+	}
+	if store.got["ok@d.test"] != body || store.from != "s@remote.test" {
+		t.Fatalf("stored %q from %q", store.got["ok@d.test"], store.from)
+	}
+}
+
+func TestUnreachable(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	tr := &Transport{Address: addr, Hostname: "mx.test"}
+	_, err := tr.Deliver(context.Background(), &transport.Message{}, []mail.Recipient{{Addr: "a@b"}})
+	if err == nil {
+		t.Fatal("no error")
+	}
+	if r := err.(interface{ Temporary() bool }); !r.Temporary() {
+		t.Fatal("unreachable LMTP must be a temporary failure")
+	}
+}
