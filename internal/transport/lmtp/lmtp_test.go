@@ -81,7 +81,9 @@ func TestPerRecipientResults(t *testing.T) {
 	msg := &transport.Message{ID: "Q", From: "s@remote.test", Open: func() (io.ReadCloser, error) {
 		return io.NopCloser(strings.NewReader(body)), nil
 	}}
-	rc := func(a string) mail.Recipient { return mail.Recipient{Addr: a, Route: mail.Route{Transport: "lmtp", NextHop: a}} }
+	rc := func(a string) mail.Recipient {
+		return mail.Recipient{Addr: a, Route: mail.Route{Transport: "lmtp", NextHop: a}}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	res, err := tr.Deliver(ctx, msg, []mail.Recipient{rc("ok@d.test"), rc("unknown@d.test"), rc("full@d.test"), rc("ok2@d.test")})
