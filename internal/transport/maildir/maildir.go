@@ -10,15 +10,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/postamt/postamt/internal/mail"
 	"github.com/postamt/postamt/internal/smtp"
@@ -35,7 +34,6 @@ type Transport struct {
 	CRLF bool
 
 	created sync.Map // mailbox dir → struct{}: tmp/new/cur known to exist
-	seq     atomic.Uint64
 }
 
 func (t *Transport) Name() string { return "maildir" }
@@ -108,13 +106,17 @@ func (t *Transport) ensure(dir string) error {
 	return nil
 }
 
-var pid = strconv.Itoa(os.Getpid())
-
-func (t *Transport) uniqueName() string {
-	now := time.Now()
+// fileName is unique per message and recipient yet the same on every attempt: time of receipt,
+// queue ID and a hash of the recipient. A retry after a crash that came between the rename into
+// new/ and the queue recording the outcome finds the file already there and does not deliver a
+// second copy (unless the user has already moved it on to cur/).
+func (t *Transport) fileName(msg *transport.Message, r mail.Recipient) string {
+	h := fnv.New32a()
+	h.Write([]byte(r.Addr))
 	host := strings.NewReplacer("/", `\057`, ":", `\072`).Replace(t.Hostname)
-	return strconv.FormatInt(now.Unix(), 10) + ".M" + strconv.Itoa(now.Nanosecond()/1000) + "P" + pid +
-		"Q" + strconv.FormatUint(t.seq.Add(1), 10) + "." + host
+	at := msg.ReceivedAt
+	return strconv.FormatInt(at.Unix(), 10) + ".M" + strconv.Itoa(at.Nanosecond()/1000) + "Q" + msg.ID +
+		"_" + strconv.FormatUint(uint64(h.Sum32()), 16) + "." + host
 }
 
 func (t *Transport) deliverOne(msg *transport.Message, r mail.Recipient) error {
@@ -122,18 +124,22 @@ func (t *Transport) deliverOne(msg *transport.Message, r mail.Recipient) error {
 	if err := t.ensure(dir); err != nil {
 		return err
 	}
+	name := t.fileName(msg, r)
+	final := filepath.Join(dir, "new", name)
+	if _, err := os.Stat(final); err == nil {
+		return nil // delivered by an attempt whose outcome was lost in a crash
+	}
 	body, err := msg.Open()
 	if err != nil {
 		return err
 	}
 	defer body.Close()
-	name := t.uniqueName()
 	tmp := filepath.Join(dir, "tmp", name)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
-	size, err := t.write(f, msg, r, body)
+	err = t.write(f, msg, r, body)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -144,8 +150,6 @@ func (t *Transport) deliverOne(msg *transport.Message, r mail.Recipient) error {
 		os.Remove(tmp)
 		return err
 	}
-	// ,S= carries the size so that Dovecot need not stat the file (its maildir_size convention).
-	final := filepath.Join(dir, "new", name+",S="+strconv.FormatInt(size, 10))
 	if err := os.Rename(tmp, final); err != nil {
 		os.Remove(tmp)
 		return err
@@ -155,7 +159,7 @@ func (t *Transport) deliverOne(msg *transport.Message, r mail.Recipient) error {
 
 var bufPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
 
-func (t *Transport) write(f *os.File, msg *transport.Message, r mail.Recipient, body io.Reader) (int64, error) {
+func (t *Transport) write(f *os.File, msg *transport.Message, r mail.Recipient, body io.Reader) error {
 	bw := bufPool.Get().(*bufio.Writer)
 	bw.Reset(f)
 	defer bufPool.Put(bw)
@@ -163,31 +167,19 @@ func (t *Transport) write(f *os.File, msg *transport.Message, r mail.Recipient, 
 	if t.CRLF {
 		eol = "\r\n"
 	}
-	cw := &countWriter{w: bw}
 	// RFC 5321 §4.4: the final delivery MTA adds Return-Path with the reverse-path.
-	fmt.Fprintf(cw, "Return-Path: <%s>%s", msg.From, eol)
-	fmt.Fprintf(cw, "Delivered-To: %s%s", r.Addr, eol)
+	fmt.Fprintf(bw, "Return-Path: <%s>%s", msg.From, eol)
+	fmt.Fprintf(bw, "Delivered-To: %s%s", r.Addr, eol)
 	var err error
 	if t.CRLF {
-		_, err = io.Copy(cw, body)
+		_, err = io.Copy(bw, body)
 	} else {
-		err = copyLF(cw, body)
+		err = copyLF(bw, body)
 	}
 	if err != nil {
-		return 0, err
+		return err
 	}
-	return cw.n, bw.Flush()
-}
-
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
+	return bw.Flush()
 }
 
 // copyLF copies r to w turning CRLF into LF. The spool only ever holds CRLF line endings (the
