@@ -30,7 +30,8 @@ type App struct {
 	Queue  *queue.Queue
 	SMTP   *smtpserver.Server
 	log    *slog.Logger
-	addrs  []net.Addr
+	addrs   []net.Addr
+	metrics *observe.MetricsServer
 	errc   chan error
 }
 
@@ -99,6 +100,19 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 			}
 		}()
 	}
+	if cfg.Metrics.Listen != "" {
+		m, err := observe.NewMetricsServer(cfg.Metrics.Listen, a.counters(), func() error {
+			if srv.Closing() {
+				return errors.New("shutting down")
+			}
+			return nil
+		}, log)
+		if err != nil {
+			a.Shutdown(context.Background())
+			return nil, fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
+		}
+		a.metrics = m
+	}
 	log.Info("ready", "hostname", cfg.Hostname, "data_dir", abs(cfg.DataDir), "config", cfg.File())
 	return a, nil
 }
@@ -111,6 +125,9 @@ func (a *App) Err() <-chan error { return a.errc }
 
 // Shutdown stops the listeners, then the queue.
 func (a *App) Shutdown(ctx context.Context) error {
+	if a.metrics != nil {
+		a.metrics.Close(ctx)
+	}
 	err := a.SMTP.Shutdown(ctx)
 	qctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -134,4 +151,34 @@ func abs(p string) string {
 		return a
 	}
 	return p
+}
+
+// counters exposes the components' own counters to Prometheus.
+func (a *App) counters() []observe.Counter {
+	st, qm := &a.SMTP.Stats, a.Queue.Metrics()
+	i := func(f func() int64) func() float64 { return func() float64 { return float64(f()) } }
+	queueCount := func(pick func(p, f, m int) int) func() float64 {
+		return func() float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			p, f, m, err := a.Queue.Counts(ctx)
+			if err != nil {
+				return -1
+			}
+			return float64(pick(p, f, m))
+		}
+	}
+	return []observe.Counter{
+		{Name: "smtp_connections_total", Help: "SMTP connections accepted.", Value: i(st.Connections.Load)},
+		{Name: "smtp_connections_refused_total", Help: "SMTP connections refused with 421 (limits).", Value: i(st.Refused.Load)},
+		{Name: "smtp_connections_active", Help: "Open SMTP sessions.", Gauge: true, Value: func() float64 { return float64(a.SMTP.Active()) }},
+		{Name: "smtp_messages_accepted_total", Help: "Messages acknowledged with 250.", Value: i(st.Messages.Load)},
+		{Name: "smtp_messages_rejected_total", Help: "Messages refused after DATA (size, syntax).", Value: i(st.Rejected.Load)},
+		{Name: "delivery_attempts_total", Help: "Delivery attempt outcomes per recipient.", Labels: map[string]string{"result": "sent"}, Value: i(qm.Delivered.Load)},
+		{Name: "delivery_attempts_total", Help: "Delivery attempt outcomes per recipient.", Labels: map[string]string{"result": "deferred"}, Value: i(qm.Deferred.Load)},
+		{Name: "delivery_attempts_total", Help: "Delivery attempt outcomes per recipient.", Labels: map[string]string{"result": "failed"}, Value: i(qm.Failed.Load)},
+		{Name: "queue_recipients", Help: "Recipients in the queue by state.", Gauge: true, Labels: map[string]string{"state": "pending"}, Value: queueCount(func(p, _, _ int) int { return p })},
+		{Name: "queue_recipients", Help: "Recipients in the queue by state.", Gauge: true, Labels: map[string]string{"state": "failed"}, Value: queueCount(func(_, f, _ int) int { return f })},
+		{Name: "queue_messages", Help: "Messages in the queue.", Gauge: true, Value: queueCount(func(_, _, m int) int { return m })},
+	}
 }

@@ -107,3 +107,10 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// The sample configuration in the repository root must always be valid.
+func TestExampleConfigValid(t *testing.T) {
+	if _, err := Load("../../postamt.example.toml"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -234,6 +234,14 @@ func (q *Queue) Close(ctx context.Context) error {
 	return q.db.Close()
 }
 
+// Counts returns the number of recipients per state (pending, delivered, failed) and of
+// messages in the queue, for metrics and the admin CLI.
+func (q *Queue) Counts(ctx context.Context) (pending, failed, messages int, err error) {
+	err = q.rdb.QueryRowContext(ctx, `SELECT COUNT(*) FILTER (WHERE state = 0), COUNT(*) FILTER (WHERE state = 2),
+		(SELECT COUNT(*) FROM msg) FROM rcpt`).Scan(&pending, &failed, &messages)
+	return
+}
+
 // recover makes the spool and the rows agree after a crash. It runs before anything is served,
 // so no session is writing a body that has no row yet.
 func (q *Queue) recover() error {

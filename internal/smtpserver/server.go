@@ -77,7 +77,6 @@ type Server struct {
 	closing   bool
 	wg        sync.WaitGroup
 
-	active atomic.Int64
 	// Stats for metrics and tests.
 	Stats Stats
 }
@@ -260,6 +259,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return ctx.Err()
 	}
 }
+
+// Active returns the number of open sessions.
+func (s *Server) Active() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// Closing reports whether Shutdown has begun.
+func (s *Server) Closing() bool { return s.isClosing() }
 
 func (s *Server) isClosing() bool {
 	s.mu.Lock()

@@ -1,0 +1,106 @@
+package app
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/smtp"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/postamt/postamt/internal/config"
+)
+
+// TestServeDeliverAndMetrics runs the whole wiring in-process: a client sends with net/smtp, the
+// message lands in the Maildir, and the metrics endpoint counts it.
+func TestServeDeliverAndMetrics(t *testing.T) {
+	dir := t.TempDir()
+	cfg, err := config.Parse("test.toml", []byte(`
+hostname = "mx.example.test"
+data_dir = "`+dir+`"
+[smtp]
+listen = ["127.0.0.1:0"]
+[local]
+domains = ["example.test"]
+mailboxes = ["alice@example.test"]
+[metrics]
+listen = "127.0.0.1:0"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Start(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Shutdown(context.Background())
+	addr := a.Addrs()[0].String()
+	msg := "From: <s@remote.test>\r\nTo: <alice@example.test>\r\nSubject: hi\r\n\r\nHello, Maildir.\r\n"
+	if err := send(addr, "s@remote.test", "alice@example.test", msg); err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	for end := time.Now().Add(10 * time.Second); len(files) == 0 && time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		files, _ = filepath.Glob(filepath.Join(dir, "mail", "example.test", "alice", "new", "*"))
+	}
+	if len(files) != 1 {
+		t.Fatalf("maildir: %v", files)
+	}
+	b, _ := os.ReadFile(files[0])
+	for _, want := range []string{"Return-Path: <s@remote.test>\n", "Delivered-To: alice@example.test\n", "Received: from ", "\n\nHello, Maildir.\n"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("delivered message lacks %q:\n%s", want, b)
+		}
+	}
+	base := "http://" + a.metrics.Addr().String()
+	body := get(t, base+"/metrics")
+	for _, want := range []string{"postamt_smtp_messages_accepted_total 1", `postamt_delivery_attempts_total{result="sent"} 1`, "postamt_queue_messages 0"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if got := get(t, base+"/readyz"); got != "ready\n" {
+		t.Errorf("/readyz: %q", got)
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// send is net/smtp without its automatic, verifying STARTTLS (our certificate is self-signed).
+func send(addr, from, to, msg string) error {
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Mail(from); err != nil {
+		return err
+	}
+	if err := c.Rcpt(to); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := io.WriteString(w, msg); err != nil {
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	return c.Quit()
+}
