@@ -26,13 +26,13 @@ import (
 
 // App is a running server.
 type App struct {
-	Config *config.Config
-	Queue  *queue.Queue
-	SMTP   *smtpserver.Server
-	log    *slog.Logger
+	Config  *config.Config
+	Queue   *queue.Queue
+	SMTP    *smtpserver.Server
+	log     *slog.Logger
 	addrs   []net.Addr
 	metrics *observe.MetricsServer
-	errc   chan error
+	errc    chan error
 }
 
 // Start opens the queue, starts delivery and begins listening. On error nothing is left running.
