@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -37,7 +38,7 @@ func rootCmd() *cobra.Command {
 }
 
 func serveCmd() *cobra.Command {
-	var file string
+	var file, cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the mail server (with embedded defaults when no --config is given)",
@@ -52,6 +53,13 @@ func serveCmd() *cobra.Command {
 				return err
 			}
 			log.Debug("effective configuration\n" + cfg.Dump())
+			if cpuProfile != "" {
+				stop, err := startCPUProfile(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			a, err := app.Start(cfg, log)
 			if err != nil {
 				return err
@@ -74,6 +82,7 @@ func serveCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&file, "config", "c", "", "configuration file (TOML); defaults apply to everything it leaves out")
+	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) to this file until shutdown")
 	return cmd
 }
 
@@ -118,4 +127,16 @@ func checkCmd() *cobra.Command {
 	cmd.Flags().StringVar(&o.Helo, "helo", "", "name to send in EHLO (default: this host's name)")
 	cmd.Flags().DurationVar(&o.Timeout, "timeout", 30*time.Second, "timeout for each step")
 	return cmd
+}
+
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }

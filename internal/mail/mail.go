@@ -18,6 +18,8 @@ type Envelope struct {
 	EnvID      string // ENVID= (RFC 3461), decoded
 	Client     string // remote IP address, for logs and the sandbox
 	Helo       string
+	// BodyInline says the body is stored in the queue database rather than a spool file.
+	BodyInline bool
 }
 
 // Recipient is one delivery target after routing and alias expansion.

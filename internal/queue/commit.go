@@ -12,10 +12,10 @@ import (
 type op struct {
 	apply func(tx *sql.Tx) error
 	after func()
-	// needsDirSync marks ops that reference new spool files: their names must be durable before
-	// the rows that point at them commit.
-	needsDirSync bool
-	done         chan error // nil for fire-and-forget ops
+	// syncDir names the spool directory of a new body referenced by the op: the name must be
+	// durable before the rows that point at it commit. "" for ops without a new body.
+	syncDir string
+	done    chan error // nil for fire-and-forget ops
 }
 
 const maxBatch = 512
@@ -51,18 +51,18 @@ func (q *Queue) commitLoop() {
 }
 
 func (q *Queue) commitBatch(batch []*op) {
-	var dirErr error
+	dirs := map[string]bool{}
 	for _, o := range batch {
-		if o.needsDirSync {
-			dirErr = q.spool.SyncDir()
-			break
+		if o.syncDir != "" {
+			dirs[o.syncDir] = true
 		}
 	}
+	dirErr := q.spool.SyncDirs(dirs)
 	ready := batch
 	if dirErr != nil {
 		ready = ready[:0:0]
 		for _, o := range batch {
-			if o.needsDirSync {
+			if o.syncDir != "" {
 				finish(o, dirErr)
 			} else {
 				ready = append(ready, o)
@@ -116,13 +116,18 @@ func (q *Queue) runTx(ops []*op) error {
 	return nil
 }
 
-// insertOp stores a new message and its recipients.
-func (q *Queue) insertOp(env *mail.Envelope) func(tx *sql.Tx) error {
+// insertOp stores a new message, its recipients and, when small, its body.
+func (q *Queue) insertOp(env *mail.Envelope, inline []byte) func(tx *sql.Tx) error {
 	return func(tx *sql.Tx) error {
 		received := env.ReceivedAt.UnixMicro()
 		if _, err := tx.Stmt(q.stmts.insMsg).Exec(env.ID, env.From, env.Size, received, env.SMTPUTF8,
-			env.Body, env.Ret, env.EnvID, env.Client, env.Helo); err != nil {
+			env.Body, env.Ret, env.EnvID, env.Client, env.Helo, env.BodyInline); err != nil {
 			return fmt.Errorf("queue: insert message %s: %w", env.ID, err)
+		}
+		if env.BodyInline {
+			if _, err := tx.Stmt(q.stmts.insBody).Exec(env.ID, inline); err != nil {
+				return fmt.Errorf("queue: insert body %s: %w", env.ID, err)
+			}
 		}
 		ins := tx.Stmt(q.stmts.insRcpt)
 		for i, r := range env.Rcpts {
@@ -136,7 +141,7 @@ func (q *Queue) insertOp(env *mail.Envelope) func(tx *sql.Tx) error {
 }
 
 type stmts struct {
-	insMsg, insRcpt, updRcpt, countState, delRcpts, delMsg, failMsg *sql.Stmt
+	insMsg, insRcpt, insBody, updRcpt, countState, delRcpts, delMsg, delBody, failMsg *sql.Stmt
 }
 
 func (s *stmts) prepare(db *sql.DB) error {
@@ -149,7 +154,9 @@ func (s *stmts) prepare(db *sql.DB) error {
 		st, err = db.Prepare(q)
 		return st
 	}
-	s.insMsg = p(`INSERT INTO msg (id, sender, size, received, smtputf8, body, ret, envid, client, helo) VALUES (?,?,?,?,?,?,?,?,?,?)`)
+	s.insMsg = p(`INSERT INTO msg (id, sender, size, received, smtputf8, body, ret, envid, client, helo, inline) VALUES (?,?,?,?,?,?,?,?,?,?,?)`)
+	s.insBody = p(`INSERT INTO body (id, data) VALUES (?,?)`)
+	s.delBody = p(`DELETE FROM body WHERE id = ?`)
 	s.insRcpt = p(`INSERT INTO rcpt (msg_id, idx, addr, orig, orcpt, notify, transport, next_hop, state, next_attempt) VALUES (?,?,?,?,?,?,?,?,?,?)`)
 	s.updRcpt = p(`UPDATE rcpt SET state = ?, attempts = ?, next_attempt = ?, last_error = ? WHERE msg_id = ? AND idx = ?`)
 	s.countState = p(`SELECT COUNT(*) FILTER (WHERE state = 0), COUNT(*) FILTER (WHERE state = 2) FROM rcpt WHERE msg_id = ?`)

@@ -28,8 +28,15 @@ CREATE TABLE IF NOT EXISTS msg (
 	envid    TEXT NOT NULL,
 	client   TEXT NOT NULL,
 	helo     TEXT NOT NULL,
+	inline   INTEGER NOT NULL, -- 1: the body is in the body table, 0: in a spool file
 	state    INTEGER NOT NULL DEFAULT 0 -- 0 active, 2 has failed recipients awaiting a bounce
 ) WITHOUT ROWID;
+-- Small bodies live here so that they reach stable storage with the rows, in the same WAL fsync.
+-- A rowid table: SQLite advises against WITHOUT ROWID for rows this large.
+CREATE TABLE IF NOT EXISTS body (
+	id   TEXT PRIMARY KEY,
+	data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rcpt (
 	msg_id       TEXT NOT NULL,
 	idx          INTEGER NOT NULL,

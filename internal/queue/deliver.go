@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 // job is one delivery attempt: recipients of one message that share a route.
 type job struct {
 	env      *mail.Envelope // shared by the jobs of one message; read-only
+	mem      *memBody       // the body in memory (first attempt of an inline body), or nil
 	idx      []int          // recipient indexes in env.Rcpts
 	attempts []int          // attempts made so far, per recipient
 	route    mail.Route
@@ -25,12 +27,12 @@ func rcptKey(id string, idx int) string { return id + "/" + strconv.Itoa(idx) }
 
 // dispatchNew schedules a just-committed message without touching the database: on the hot path
 // the envelope is still in memory.
-func (q *Queue) dispatchNew(env *mail.Envelope) {
+func (q *Queue) dispatchNew(env *mail.Envelope, mem *memBody) {
 	idx := make([]int, len(env.Rcpts))
 	for i := range idx {
 		idx[i] = i
 	}
-	q.dispatch(env, idx, make([]int, len(env.Rcpts)), -1)
+	q.dispatch(env, mem, idx, make([]int, len(env.Rcpts)), -1)
 }
 
 // dispatch groups recipients by route and hands the jobs to the workers. When block is false and
@@ -39,7 +41,7 @@ func (q *Queue) dispatchNew(env *mail.Envelope) {
 //
 // readSeq is the commit sequence number read before the rows were read (-1 for a new message):
 // a recipient whose last outcome was committed after that may have been read stale and is skipped.
-func (q *Queue) dispatch(env *mail.Envelope, idx, attempts []int, readSeq int64) {
+func (q *Queue) dispatch(env *mail.Envelope, mem *memBody, idx, attempts []int, readSeq int64) {
 	byRoute := map[mail.Route]*job{}
 	var order []*job
 	q.mu.Lock()
@@ -52,7 +54,7 @@ func (q *Queue) dispatch(env *mail.Envelope, idx, attempts []int, readSeq int64)
 		r := env.Rcpts[i].Route
 		j := byRoute[r]
 		if j == nil {
-			j = &job{env: env, route: r}
+			j = &job{env: env, mem: mem, route: r}
 			byRoute[r] = j
 			order = append(order, j)
 		}
@@ -60,6 +62,12 @@ func (q *Queue) dispatch(env *mail.Envelope, idx, attempts []int, readSeq int64)
 		j.attempts = append(j.attempts, attempts[n])
 	}
 	q.mu.Unlock()
+	if mem != nil {
+		mem.refs.Store(int32(len(order)))
+		if len(order) == 0 {
+			mem.release()
+		}
+	}
 	block := readSeq >= 0
 	for _, j := range order {
 		if block {
@@ -75,6 +83,7 @@ func (q *Queue) dispatch(env *mail.Envelope, idx, attempts []int, readSeq int64)
 			default:
 			}
 		}
+		j.mem.done()
 		q.release(j)
 	}
 }
@@ -134,7 +143,12 @@ func (q *Queue) attempt(j *job) {
 	msg := &transport.Message{
 		ID: env.ID, From: env.From, Size: env.Size, ReceivedAt: env.ReceivedAt,
 		SMTPUTF8: env.SMTPUTF8, Body8Bit: env.Body == "8BITMIME",
-		Open: func() (io.ReadCloser, error) { return q.spool.Open(env.ID) },
+		Open: func() (io.ReadCloser, error) {
+			if j.mem != nil {
+				return io.NopCloser(bytes.NewReader(j.mem.data)), nil
+			}
+			return q.openBody(env)
+		},
 	}
 	start := q.opts.Now()
 	var results []transport.Result
@@ -149,6 +163,8 @@ func (q *Queue) attempt(j *job) {
 			err = fmt.Errorf("transport %s returned %d results for %d recipients", tr.Name(), len(results), len(rcpts))
 		}
 	}
+	j.mem.done()
+	j.mem = nil
 	now := q.opts.Now()
 	outs := make([]outcome, len(j.idx))
 	for n, i := range j.idx {
@@ -254,13 +270,18 @@ func (q *Queue) record(j *job, outs []outcome) {
 				if _, err := tx.Stmt(q.stmts.delRcpts).Exec(id); err != nil {
 					return err
 				}
+				if j.env.BodyInline {
+					if _, err := tx.Stmt(q.stmts.delBody).Exec(id); err != nil {
+						return err
+					}
+				}
 				_, err := tx.Stmt(q.stmts.delMsg).Exec(id)
 				return err
 			}
 			return nil
 		},
 		after: func() {
-			if finished && !hasFailed {
+			if finished && !hasFailed && !j.env.BodyInline {
 				q.spool.Remove(id)
 			}
 		},
@@ -308,7 +329,7 @@ func (q *Queue) scheduler() {
 func (q *Queue) RunDue(ctx context.Context) error {
 	readSeq := q.commitSeq.Load()
 	rows, err := q.rdb.QueryContext(ctx, `SELECT r.msg_id, r.idx, r.addr, r.orig, r.orcpt, r.notify, r.transport,
-		r.next_hop, r.attempts, m.sender, m.size, m.received, m.smtputf8, m.body, m.ret, m.envid, m.client, m.helo
+		r.next_hop, r.attempts, m.sender, m.size, m.received, m.smtputf8, m.body, m.ret, m.envid, m.client, m.helo, m.inline
 		FROM rcpt r JOIN msg m ON m.id = r.msg_id
 		WHERE r.state = 0 AND r.next_attempt <= ? ORDER BY r.next_attempt LIMIT 5000`, q.opts.Now().UnixMicro())
 	if err != nil {
@@ -328,7 +349,7 @@ func (q *Queue) RunDue(ctx context.Context) error {
 		var received int64
 		env := &mail.Envelope{}
 		if err := rows.Scan(&id, &idx, &r.Addr, &r.Orig, &r.ORCPT, &r.Notify, &r.Route.Transport, &r.Route.NextHop,
-			&attempts, &env.From, &env.Size, &received, &env.SMTPUTF8, &env.Body, &env.Ret, &env.EnvID, &env.Client, &env.Helo); err != nil {
+			&attempts, &env.From, &env.Size, &received, &env.SMTPUTF8, &env.Body, &env.Ret, &env.EnvID, &env.Client, &env.Helo, &env.BodyInline); err != nil {
 			rows.Close()
 			return fmt.Errorf("queue: scan: %w", err)
 		}
@@ -354,7 +375,7 @@ func (q *Queue) RunDue(ctx context.Context) error {
 	}
 	for _, id := range order {
 		p := msgs[id]
-		q.dispatch(p.env, p.idx, p.attempts, readSeq)
+		q.dispatch(p.env, nil, p.idx, p.attempts, readSeq)
 	}
 	q.dropTombstones(readSeq)
 	return nil

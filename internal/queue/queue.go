@@ -8,10 +8,12 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -184,11 +186,18 @@ func (q *Queue) Accept(ctx context.Context, env *mail.Envelope, w *spool.Writer)
 	if env.ReceivedAt.IsZero() {
 		env.ReceivedAt = q.opts.Now()
 	}
+	inline, isInline := w.Inline()
+	env.BodyInline = isInline
+	var mem *memBody
+	if isInline {
+		// The first delivery attempt reads the body from memory; it is released after.
+		mem = &memBody{data: inline, release: w.Release}
+	}
 	o := &op{
-		apply:        q.insertOp(env),
-		needsDirSync: true,
-		done:         make(chan error, 1),
-		after:        func() { q.dispatchNew(env) },
+		apply:   q.insertOp(env, inline),
+		syncDir: w.Dir(),
+		done:    make(chan error, 1),
+		after:   func() { q.dispatchNew(env, mem) },
 	}
 	q.commitCh <- o
 	// Wait even if ctx is cancelled: until the commit has finished we cannot tell the caller
@@ -234,6 +243,31 @@ func (q *Queue) Close(ctx context.Context) error {
 	return q.db.Close()
 }
 
+// openBody opens a stored body for a delivery attempt.
+func (q *Queue) openBody(env *mail.Envelope) (io.ReadCloser, error) {
+	if !env.BodyInline {
+		return q.spool.Open(env.ID)
+	}
+	var data []byte
+	if err := q.rdb.QueryRow(`SELECT data FROM body WHERE id = ?`, env.ID).Scan(&data); err != nil {
+		return nil, fmt.Errorf("queue: read body %s: %w", env.ID, err)
+	}
+	return io.NopCloser(bytes.NewReader(data)), nil
+}
+
+// memBody is an inline body still in memory, shared by the first attempt's jobs.
+type memBody struct {
+	data    []byte
+	refs    atomic.Int32
+	release func()
+}
+
+func (m *memBody) done() {
+	if m != nil && m.refs.Add(-1) == 0 {
+		m.release()
+	}
+}
+
 // Counts returns the number of recipients per state (pending, delivered, failed) and of
 // messages in the queue, for metrics and the admin CLI.
 func (q *Queue) Counts(ctx context.Context) (pending, failed, messages int, err error) {
@@ -249,8 +283,8 @@ func (q *Queue) recover() error {
 	if err != nil {
 		return err
 	}
-	known := map[string]bool{}
-	rows, err := q.db.Query(`SELECT id FROM msg`)
+	known := map[string]bool{} // messages whose body is a spool file
+	rows, err := q.db.Query(`SELECT id FROM msg WHERE inline = 0`)
 	if err != nil {
 		return fmt.Errorf("queue: recover: %w", err)
 	}

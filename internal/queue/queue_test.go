@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -57,12 +58,22 @@ func (f *fixture) open(fs spool.FS) {
 	f.q = q
 }
 
-func (f *fixture) accept(rcpts ...string) (string, error) {
+func (f *fixture) accept(rcpts ...string) (string, error) { return f.acceptSized(0, rcpts...) }
+
+// acceptSized queues a message with at least size bytes of body: past spool.InlineMax the body
+// goes to a spool file instead of the database.
+func (f *fixture) acceptSized(size int, rcpts ...string) (string, error) {
 	w, err := f.q.Create()
 	if err != nil {
 		return "", err
 	}
 	fmt.Fprintf(w, "Subject: test\r\n\r\nbody of %s\r\n", w.ID())
+	for n := 0; n < size; n += 76 {
+		if _, err := w.WriteString(strings.Repeat("z", 74) + "\r\n"); err != nil {
+			w.Abort()
+			return "", err
+		}
+	}
 	env := &mail.Envelope{From: "sender@remote.test"}
 	for _, r := range rcpts {
 		env.Rcpts = append(env.Rcpts, mail.Recipient{Addr: r, Orig: r, Route: mail.Route{Transport: "maildir", NextHop: "x.test"}})
@@ -111,7 +122,7 @@ func TestDeliverAndCleanUp(t *testing.T) {
 	if f.count("msg") != 0 || f.count("rcpt") != 0 {
 		t.Fatal("rows left after full delivery")
 	}
-	if _, err := os.Stat(filepath.Join(f.dir, "spool", id)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(f.q.spool.ShardDir(id), id)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("body left in spool: %v", err)
 	}
 }
@@ -155,7 +166,7 @@ func TestRetryBackoffAndPermanentFailure(t *testing.T) {
 	if state != 2 {
 		t.Fatalf("message state %d, want 2", state)
 	}
-	if _, err := os.Stat(filepath.Join(f.dir, "spool", id)); err != nil {
+	if f.count("body") != 1 {
 		t.Fatal("body of a message with a failed recipient must be kept for the DSN")
 	}
 }
@@ -217,7 +228,7 @@ func TestStorageFaultsAcknowledgeNothing(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			f := newFixture(t, fs)
-			_, err := f.accept("a@x.test")
+			_, err := f.acceptSized(spool.InlineMax+1, "a@x.test")
 			if err == nil {
 				t.Fatal("accepted despite the storage fault")
 			}
@@ -248,30 +259,44 @@ func TestRestartResumesAndCleansUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.waitAttempts(1)
+	bigID, err := f.acceptSized(spool.InlineMax+1, "b@x.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.waitAttempts(2)
 	f.q.Close(context.Background())
 	// A body with no rows (a crash between body and commit) and rows with no body.
-	os.WriteFile(filepath.Join(f.dir, "spool", "ORPHAN"), []byte("x"), 0o600)
+	os.WriteFile(filepath.Join(f.q.spool.ShardDir("ORPHAN"), "ORPHAN"), []byte("x"), 0o600)
 	f.rec.Err = nil
 	f.open(nil)
-	if _, err := os.Stat(filepath.Join(f.dir, "spool", "ORPHAN")); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(f.q.spool.ShardDir("ORPHAN"), "ORPHAN")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatal("orphan body kept")
 	}
 	f.clk.Add(time.Minute)
 	f.q.RunDue(context.Background())
-	f.waitAttempts(2)
-	if d := f.rec.Deliveries(); len(d) != 1 || d[0].ID != id {
-		t.Fatalf("%+v", d)
+	f.waitAttempts(4)
+	got := map[string]int{}
+	for _, d := range f.rec.Deliveries() {
+		got[d.ID] = len(d.Body)
+	}
+	if len(got) != 2 || got[id] == 0 || got[bigID] <= spool.InlineMax {
+		t.Fatalf("after restart: %v", got)
+	}
+	if f.count("msg") != 0 || f.count("body") != 0 {
+		t.Fatal("rows left")
+	}
+	if ids, _ := f.q.spool.List(); len(ids) != 0 {
+		t.Fatalf("spool files left: %v", ids)
 	}
 }
 
 func TestMissingBodyFailsLoudly(t *testing.T) {
 	f := newFixture(t, nil)
 	f.rec.Err = errors.New("down")
-	id, _ := f.accept("a@x.test")
+	id, _ := f.acceptSized(spool.InlineMax+1, "a@x.test")
 	f.waitAttempts(1)
 	f.q.Close(context.Background())
-	os.Remove(filepath.Join(f.dir, "spool", id))
+	os.Remove(filepath.Join(f.q.spool.ShardDir(id), id))
 	f.open(nil)
 	if st, _, e := f.rcptState(id, 0); st != stateFailed || e == "" {
 		t.Fatalf("%d %q", st, e)

@@ -34,6 +34,7 @@ type Transport struct {
 	CRLF bool
 
 	created sync.Map // mailbox dir → struct{}: tmp/new/cur known to exist
+	boxes   sync.Map // mailbox dir → *mailbox
 }
 
 func (t *Transport) Name() string { return "maildir" }
@@ -119,42 +120,137 @@ func (t *Transport) fileName(msg *transport.Message, r mail.Recipient) string {
 		"_" + strconv.FormatUint(uint64(h.Sum32()), 16) + "." + host
 }
 
+// request is one message for one mailbox, waiting for that mailbox's writer.
+type request struct {
+	msg  *transport.Message
+	rcpt mail.Recipient
+	done chan error
+}
+
+// mailbox serialises the deliveries into one Maildir. Many writers creating and renaming files in
+// one directory contend for its lock (on Linux that burns more CPU than the writes themselves),
+// and each would force its own journal commit. One writer per mailbox instead takes every request
+// waiting, writes them all, fsyncs them (the first fsync commits the journal for all of them), moves
+// them into new/ and syncs new/ once: a group commit for the mailbox.
+type mailbox struct {
+	mu      sync.Mutex
+	pending []*request
+	running bool
+}
+
 func (t *Transport) deliverOne(msg *transport.Message, r mail.Recipient) error {
 	dir := t.MailboxDir(r.Route.NextHop)
+	v, _ := t.boxes.LoadOrStore(dir, &mailbox{})
+	mb := v.(*mailbox)
+	req := &request{msg: msg, rcpt: r, done: make(chan error, 1)}
+	mb.mu.Lock()
+	mb.pending = append(mb.pending, req)
+	start := !mb.running
+	mb.running = true
+	mb.mu.Unlock()
+	if start {
+		go t.drain(dir, mb)
+	}
+	return <-req.done
+}
+
+func (t *Transport) drain(dir string, mb *mailbox) {
+	for {
+		mb.mu.Lock()
+		batch := mb.pending
+		mb.pending = nil
+		if len(batch) == 0 {
+			mb.running = false
+			mb.mu.Unlock()
+			return
+		}
+		mb.mu.Unlock()
+		t.writeBatch(dir, batch)
+	}
+}
+
+func (t *Transport) writeBatch(dir string, batch []*request) {
 	if err := t.ensure(dir); err != nil {
-		return err
+		for _, r := range batch {
+			r.done <- err
+		}
+		return
 	}
-	name := t.fileName(msg, r)
-	final := filepath.Join(dir, "new", name)
-	if _, err := os.Stat(final); err == nil {
-		return nil // delivered by an attempt whose outcome was lost in a crash
+	type file struct {
+		req        *request
+		tmp, final string
+		f          *os.File
 	}
+	files := make([]file, 0, len(batch))
+	for _, req := range batch {
+		name := t.fileName(req.msg, req.rcpt)
+		fl := file{req: req, tmp: filepath.Join(dir, "tmp", name), final: filepath.Join(dir, "new", name)}
+		if _, err := os.Stat(fl.final); err == nil {
+			req.done <- nil // delivered by an attempt whose outcome was lost in a crash
+			continue
+		}
+		f, err := t.writeTmp(fl.tmp, req.msg, req.rcpt)
+		if err != nil {
+			req.done <- err
+			continue
+		}
+		fl.f = f
+		files = append(files, fl)
+	}
+	// fsync the batch in parallel: concurrent fsyncs share journal commits, where one after
+	// the other each file's block allocation would need a commit of its own.
+	errs := make([]error, len(files))
+	var wg sync.WaitGroup
+	for i := range files {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = files[i].f.Sync()
+		}()
+	}
+	wg.Wait()
+	moved := files[:0]
+	for i, fl := range files {
+		err := errs[i]
+		if cerr := fl.f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = os.Rename(fl.tmp, fl.final)
+		}
+		if err != nil {
+			os.Remove(fl.tmp)
+			fl.req.done <- err
+			continue
+		}
+		moved = append(moved, fl)
+	}
+	if len(moved) == 0 {
+		return
+	}
+	err := spool.SyncDir(filepath.Join(dir, "new"))
+	for _, fl := range moved {
+		fl.req.done <- err
+	}
+}
+
+// writeTmp writes the message into tmp/ and returns the still open file for the batch's fsync.
+func (t *Transport) writeTmp(tmp string, msg *transport.Message, r mail.Recipient) (*os.File, error) {
 	body, err := msg.Open()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer body.Close()
-	tmp := filepath.Join(dir, "tmp", name)
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	err = t.write(f, msg, r, body)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := t.write(f, msg, r, body); err != nil {
+		f.Close()
 		os.Remove(tmp)
-		return err
+		return nil, err
 	}
-	if err := os.Rename(tmp, final); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return spool.SyncDir(filepath.Join(dir, "new"))
+	return f, nil
 }
 
 var bufPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
