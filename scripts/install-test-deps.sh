@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Installs the real mail software that the interop tests (test/interop, build tag
+# "interop") talk to: Postfix, Dovecot (core + LMTP), swaks, msmtp, python3.
+#
+# - Debian bookworm, run as root (uses sudo when not root and sudo exists).
+# - Idempotent: a fast no-op when everything is installed; `apt-get update` only
+#   runs when at least one package is missing.
+# - Non-interactive; Postfix is preseeded to "No configuration", so no system
+#   Postfix gets configured or started on port 25. Dovecot's packaged service is
+#   not started either (policy-rc.d denies starts during the install; the tests
+#   start their own instances from temp dirs).
+# Only the Debian archive is used.
+set -euo pipefail
+
+# libnet-ssleay-perl: swaks needs it for --tls (it is only a Recommends).
+PKGS=(postfix swaks libnet-ssleay-perl dovecot-core dovecot-lmtpd msmtp python3 ca-certificates openssl)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+	if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+		echo "install-test-deps: must run as root" >&2; exit 1
+	fi
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+	status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+	if [ "$status" != "install ok installed" ]; then
+		missing+=("$p")
+	fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+	echo "install-test-deps: all present (${PKGS[*]})"
+	exit 0
+fi
+
+echo "install-test-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+echo "postfix postfix/mailname string localhost" | $SUDO debconf-set-selections
+
+# Keep maintainer scripts from starting services (no system postfix/dovecot).
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [ ! -e "$policy" ]; then
+	printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+	$SUDO chmod 755 "$policy"
+	created_policy=1
+fi
+cleanup() { if [ "$created_policy" = 1 ]; then $SUDO rm -f "$policy"; fi; }
+trap cleanup EXIT
+
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends \
+	-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+	"${missing[@]}"
+
+# Belt and braces: if a daemon we just installed got started anyway, stop it
+# (it would hold port 25/24 and is not what the tests use).
+just_installed() { [[ " ${missing[*]} " == *" $1 "* ]]; }
+if just_installed postfix && $SUDO postfix status >/dev/null 2>&1; then
+	$SUDO postfix stop >/dev/null 2>&1 || true
+fi
+if just_installed dovecot-core && [ -f /run/dovecot/master.pid ]; then
+	$SUDO doveadm stop >/dev/null 2>&1 || true
+fi
+echo "install-test-deps: done"
