@@ -120,9 +120,10 @@ func (e *testEnv) waitDeliveries(n int) []transporttest.Delivery {
 }
 
 type client struct {
-	t *testing.T
-	c net.Conn
-	r *bufio.Reader
+	t       *testing.T
+	c       net.Conn
+	r       *bufio.Reader
+	timeout time.Duration // per reply; 5s when zero
 }
 
 func (e *testEnv) dial() *client {
@@ -162,7 +163,10 @@ var enhRe = regexp.MustCompile(`^[245]\.\d{1,3}\.\d{1,3}$`)
 // read reads one (possibly multi-line) reply.
 func (c *client) read() (reply, error) {
 	var r reply
-	c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if c.timeout == 0 {
+		c.timeout = 5 * time.Second
+	}
+	c.c.SetReadDeadline(time.Now().Add(c.timeout))
 	for {
 		line, err := c.r.ReadString('\n')
 		if err != nil {
