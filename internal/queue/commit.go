@@ -1,8 +1,12 @@
 package queue
 
 import (
+	"errors"
+	"syscall"
+
 	"database/sql"
 	"fmt"
+	"github.com/postamt/postamt/internal/spool"
 
 	"github.com/postamt/postamt/internal/mail"
 )
@@ -102,19 +106,32 @@ func finish(o *op, err error) {
 func (q *Queue) runTx(ops []*op) error {
 	tx, err := q.db.Begin()
 	if err != nil {
-		return fmt.Errorf("queue: begin: %w", err)
+		return storageErr("begin", err)
 	}
 	for _, o := range ops {
 		if err := o.apply(tx); err != nil {
 			tx.Rollback()
-			return err
+			return storageErr("apply", err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("queue: commit: %w", err)
+		return storageErr("commit", err)
 	}
 	return nil
 }
+
+// storageErr marks a full disk so that the client hears 452 4.3.1 and retries later, as it does
+// for a full spool (RFC 3463 4.3.1).
+func storageErr(op string, err error) error {
+	var coded interface{ Code() int }
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) ||
+		errors.As(err, &coded) && coded.Code()&0xff == sqliteFull {
+		return spool.ErrStorageFull.WithErr(fmt.Errorf("queue: %s: %w", op, err))
+	}
+	return fmt.Errorf("queue: %s: %w", op, err)
+}
+
+const sqliteFull = 13 // SQLITE_FULL, https://www.sqlite.org/rescode.html#full
 
 // insertOp stores a new message, its recipients and, when small, its body.
 func (q *Queue) insertOp(env *mail.Envelope, inline []byte) func(tx *sql.Tx) error {
