@@ -197,21 +197,12 @@ func (t *Transport) writeBatch(dir string, batch []*request) {
 		fl.f = f
 		files = append(files, fl)
 	}
-	// fsync the batch in parallel: concurrent fsyncs share journal commits, where one after
-	// the other each file's block allocation would need a commit of its own.
-	errs := make([]error, len(files))
-	var wg sync.WaitGroup
-	for i := range files {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = files[i].f.Sync()
-		}()
+	for _, fl := range files {
+		startWriteback(fl.f)
 	}
-	wg.Wait()
 	moved := files[:0]
-	for i, fl := range files {
-		err := errs[i]
+	for _, fl := range files {
+		err := fl.f.Sync()
 		if cerr := fl.f.Close(); err == nil {
 			err = cerr
 		}
