@@ -138,9 +138,10 @@ func ParseRcptParams(s string) (RcptParams, *Reply) {
 				return p, badParam("NOTIFY=NEVER cannot be combined")
 			}
 		case "ORCPT":
+			// RFC 3461 §4.2: ORCPT=addr-type ";" xtext, where addr-type is an atom.
 			typ, addr, ok := strings.Cut(v, ";")
 			d, okX := DecodeXtext(addr)
-			if !ok || !okX || typ == "" || len(v) > 500 {
+			if !ok || !okX || !isDotString(typ, false) || strings.Contains(typ, ".") || len(v) > 500 {
 				return p, badParam("Bad ORCPT value")
 			}
 			p.ORCPT = typ + ";" + d
