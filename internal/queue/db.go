@@ -58,8 +58,11 @@ CREATE INDEX IF NOT EXISTS rcpt_due ON rcpt (state, next_attempt);
 // openDB opens the queue database. WAL with synchronous=FULL makes every commit durable
 // (the WAL is fsynced at commit), which is what a 250 promises.
 func openDB(path string) (w, r *sql.DB, err error) {
+	// wal_autocheckpoint(0): the writer never checkpoints inside a commit, where copying the WAL
+	// into the database and fsyncing it would stall every session waiting for that commit. The
+	// checkpoint loop does it on its own connection instead.
 	dsn := "file:" + url.PathEscape(path) + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
-		"&_pragma=busy_timeout(10000)&_pragma=foreign_keys(OFF)&_txlock=immediate"
+		"&_pragma=busy_timeout(10000)&_pragma=foreign_keys(OFF)&_pragma=wal_autocheckpoint(0)&_txlock=immediate"
 	w, err = sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, nil, fmt.Errorf("queue: open %s: %w", path, err)
@@ -78,4 +81,14 @@ func openDB(path string) (w, r *sql.DB, err error) {
 	}
 	r.SetMaxOpenConns(4)
 	return w, r, nil
+}
+
+// openCheckpointer opens the connection the checkpoint loop uses.
+func openCheckpointer(path string) (*sql.DB, error) {
+	c, err := sql.Open("sqlite", "file:"+url.PathEscape(path)+"?_pragma=busy_timeout(10000)&_pragma=synchronous(FULL)")
+	if err != nil {
+		return nil, fmt.Errorf("queue: open %s: %w", path, err)
+	}
+	c.SetMaxOpenConns(1)
+	return c, nil
 }

@@ -50,6 +50,7 @@ type Options struct {
 type Queue struct {
 	opts       Options
 	db, rdb    *sql.DB
+	ckpt       *sql.DB // checkpoints the WAL outside the commit path
 	stmts      stmts
 	spool      *spool.Spool
 	ids        *observe.IDGen
@@ -115,12 +116,19 @@ func Open(opts Options) (*Queue, error) {
 	if err != nil {
 		return nil, err
 	}
-	db, rdb, err := openDB(filepath.Join(opts.Dir, "queue.db"))
+	dbPath := filepath.Join(opts.Dir, "queue.db")
+	db, rdb, err := openDB(dbPath)
 	if err != nil {
 		return nil, err
 	}
+	ckpt, err := openCheckpointer(dbPath)
+	if err != nil {
+		db.Close()
+		rdb.Close()
+		return nil, err
+	}
 	q := &Queue{
-		opts: opts, db: db, rdb: rdb, spool: sp,
+		opts: opts, db: db, rdb: rdb, ckpt: ckpt, spool: sp,
 		ids:        observe.NewIDGen(opts.Now),
 		log:        opts.Logger,
 		transports: map[string]transport.Transport{},
@@ -218,6 +226,28 @@ func (q *Queue) Start() {
 	}
 	q.wg.Add(1)
 	go q.scheduler()
+	q.wg.Add(1)
+	go q.checkpointLoop()
+}
+
+// checkpointLoop copies the WAL into the database file in the background. PASSIVE never blocks
+// the writer; when the WAL has been copied entirely, SQLite starts it over from the beginning at
+// the next commit, so it does not grow without bound.
+func (q *Queue) checkpointLoop() {
+	defer q.wg.Done()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-q.stop:
+			q.ckpt.Exec(`PRAGMA wal_checkpoint(PASSIVE)`)
+			return
+		case <-t.C:
+			if _, err := q.ckpt.Exec(`PRAGMA wal_checkpoint(PASSIVE)`); err != nil {
+				q.log.Warn("queue: checkpoint", "err", err)
+			}
+		}
+	}
 }
 
 // Close stops accepting, lets running attempts finish until ctx ends, and closes the database.
@@ -240,6 +270,7 @@ func (q *Queue) Close(ctx context.Context) error {
 	q.acceptMu.Unlock()
 	<-q.commitDone
 	q.rdb.Close()
+	q.ckpt.Close()
 	return q.db.Close()
 }
 

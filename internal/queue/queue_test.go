@@ -84,14 +84,24 @@ func (f *fixture) acceptSized(size int, rcpts ...string) (string, error) {
 
 func (f *fixture) waitAttempts(n int) {
 	f.t.Helper()
-	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
-		if f.rec.Attempts() >= n {
-			// let the outcome's commit land
-			time.Sleep(20 * time.Millisecond)
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
+		if f.rec.Attempts() >= n && !f.busy() {
 			return
 		}
 	}
 	f.t.Fatalf("want %d attempts, have %d", n, f.rec.Attempts())
+}
+
+// busy reports an attempt whose outcome is not yet committed.
+func (f *fixture) busy() bool {
+	f.q.mu.Lock()
+	defer f.q.mu.Unlock()
+	for _, v := range f.q.inflight {
+		if v == busy {
+			return true
+		}
+	}
+	return false
 }
 
 func (f *fixture) rcptState(id string, idx int) (state, attempts int, lastErr string) {
