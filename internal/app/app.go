@@ -47,7 +47,9 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 	default:
 		local = &maildir.Transport{Root: cfg.Path(cfg.Local.MaildirRoot), Hostname: cfg.Hostname}
 	}
+	hist := observe.NewHistograms()
 	q, err := queue.Open(queue.Options{
+		AttemptLatency: hist.Attempt,
 		Dir:            cfg.Path("queue"),
 		RetryIntervals: durations(cfg.Queue.RetryIntervals),
 		MaxAge:         cfg.Queue.MaxAge.D(),
@@ -71,11 +73,12 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 			CommandTimeout: l.CommandTimeout.D(), DataTimeout: l.DataTimeout.D(),
 			MaxConnections: l.MaxConnections, MaxConnectionsPerIP: l.MaxConnectionsPerIP, MaxErrors: l.MaxErrors,
 		},
-		TLS:    tlsConf,
-		Router: router.New(cfg.Local),
-		Intake: q,
-		Logger: log,
-		IDs:    observe.NewIDGen(nil),
+		TLS:           tlsConf,
+		Router:        router.New(cfg.Local),
+		Intake:        q,
+		Logger:        log,
+		IDs:           observe.NewIDGen(nil),
+		CommitLatency: hist.Commit,
 	})
 	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, errc: make(chan error, len(l.Listen))}
 	var lns []net.Listener
@@ -101,7 +104,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		}()
 	}
 	if cfg.Metrics.Listen != "" {
-		m, err := observe.NewMetricsServer(cfg.Metrics.Listen, a.counters(), func() error {
+		m, err := observe.NewMetricsServer(cfg.Metrics.Listen, a.counters(), hist, func() error {
 			if srv.Closing() {
 				return errors.New("shutting down")
 			}

@@ -22,6 +22,32 @@ type Counter struct {
 	Value      func() float64
 }
 
+// Histograms are the latency distributions the components report into.
+type Histograms struct {
+	commit  prometheus.Histogram
+	attempt *prometheus.HistogramVec
+}
+
+// NewHistograms creates the latency histograms.
+func NewHistograms() *Histograms {
+	return &Histograms{
+		commit: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "postamt", Name: "smtp_commit_seconds",
+			Help:    "End of message data to durable queue commit (the wait before the 250 reply).",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2}}),
+		attempt: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "postamt", Name: "delivery_attempt_seconds",
+			Help:    "Duration of one delivery attempt, by transport.",
+			Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 5, 10, 30, 60}}, []string{"transport"}),
+	}
+}
+
+// Commit records one commit latency.
+func (h *Histograms) Commit(d time.Duration) { h.commit.Observe(d.Seconds()) }
+
+// Attempt records one delivery attempt's duration.
+func (h *Histograms) Attempt(transport string, d time.Duration) {
+	h.attempt.WithLabelValues(transport).Observe(d.Seconds())
+}
+
 // MetricsServer serves /metrics, /healthz and /readyz.
 type MetricsServer struct {
 	srv   *http.Server
@@ -30,9 +56,12 @@ type MetricsServer struct {
 }
 
 // NewMetricsServer registers the counters and listens on addr.
-func NewMetricsServer(addr string, counters []Counter, ready func() error, log *slog.Logger) (*MetricsServer, error) {
+func NewMetricsServer(addr string, counters []Counter, hist *Histograms, ready func() error, log *slog.Logger) (*MetricsServer, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if hist != nil {
+		reg.MustRegister(hist.commit, hist.attempt)
+	}
 	for _, c := range counters {
 		opts := prometheus.Opts{Namespace: "postamt", Name: c.Name, Help: c.Help, ConstLabels: c.Labels}
 		if c.Gauge {

@@ -166,6 +166,9 @@ func (q *Queue) attempt(j *job) {
 	j.mem.done()
 	j.mem = nil
 	now := q.opts.Now()
+	if q.opts.AttemptLatency != nil {
+		q.opts.AttemptLatency(j.route.Transport, now.Sub(start))
+	}
 	outs := make([]outcome, len(j.idx))
 	for n, i := range j.idx {
 		o := outcome{idx: i, attempts: j.attempts[n] + 1}

@@ -42,6 +42,8 @@ type Options struct {
 	Logger       *slog.Logger
 	Now          func() time.Time // injected clock for tests
 	FS           spool.FS         // injected file system for fault tests
+	// AttemptLatency, when set, is told how long each delivery attempt took and its transport.
+	AttemptLatency func(transport string, d time.Duration)
 	// Jitter returns the random extra delay added to a retry interval; nil for up to 10%.
 	Jitter func(d time.Duration) time.Duration
 }

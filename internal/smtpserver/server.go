@@ -63,6 +63,9 @@ type Options struct {
 	Logger   *slog.Logger
 	IDs      *observe.IDGen
 	Now      func() time.Time
+	// CommitLatency, when set, is told how long each accepted message took from the end of its
+	// data to the queue's durable commit (the wait before the 250), for metrics.
+	CommitLatency func(time.Duration)
 }
 
 // Server serves SMTP on any number of listeners.

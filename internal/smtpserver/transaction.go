@@ -237,6 +237,9 @@ func (s *session) finishBody(w *spool.Writer, sink *dataSink) {
 	}
 	s.messages++
 	s.srv.Stats.Messages.Add(1)
+	if s.srv.opts.CommitLatency != nil {
+		s.srv.opts.CommitLatency(time.Since(start))
+	}
 	s.srv.log.Info("queued", "session", s.id, "id", env.ID, "client", s.ip.String(), "from", tx.from.String(),
 		"rcpts", len(env.Rcpts), "size", env.Size, "commit", time.Since(start).Round(time.Microsecond))
 	s.reply(smtp.NewReply(250, smtp.CodeOK, "OK: queued as "+env.ID))
