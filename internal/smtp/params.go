@@ -30,7 +30,8 @@ var (
 
 func badParam(text string) *Reply { return NewReply(501, CodeBadParams, text) }
 
-// splitParams splits "K=V K2" into pairs. Keywords are case-insensitive (RFC 5321 §4.1.2).
+// splitParams splits "K=V K2" into pairs, refusing a keyword given twice. Keywords are
+// case-insensitive (RFC 5321 §4.1.2).
 func splitParams(s string) ([][2]string, *Reply) {
 	var out [][2]string
 	for _, f := range strings.Split(s, " ") {
@@ -41,7 +42,13 @@ func splitParams(s string) ([][2]string, *Reply) {
 		if k == "" || (hasV && v == "") {
 			return nil, badParam("Malformed parameter")
 		}
-		out = append(out, [2]string{strings.ToUpper(k), v})
+		k = strings.ToUpper(k)
+		for _, prev := range out {
+			if prev[0] == k {
+				return nil, badParam("Duplicate parameter " + k)
+			}
+		}
+		out = append(out, [2]string{k, v})
 	}
 	return out, nil
 }
@@ -54,13 +61,8 @@ func ParseMailParams(s string, maxSize int64) (MailParams, *Reply) {
 	if r != nil {
 		return p, r
 	}
-	seen := map[string]bool{}
 	for _, kv := range kvs {
 		k, v := kv[0], kv[1]
-		if seen[k] {
-			return p, badParam("Duplicate parameter " + k)
-		}
-		seen[k] = true
 		switch k {
 		case "SIZE":
 			n, err := strconv.ParseInt(v, 10, 64)
@@ -116,13 +118,8 @@ func ParseRcptParams(s string) (RcptParams, *Reply) {
 	if r != nil {
 		return p, r
 	}
-	seen := map[string]bool{}
 	for _, kv := range kvs {
 		k, v := kv[0], kv[1]
-		if seen[k] {
-			return p, badParam("Duplicate parameter " + k)
-		}
-		seen[k] = true
 		switch k {
 		case "NOTIFY":
 			for _, n := range strings.Split(strings.ToUpper(v), ",") {
