@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -18,6 +19,7 @@ import (
 	"github.com/postamt/postamt/internal/check"
 	"github.com/postamt/postamt/internal/config"
 	"github.com/postamt/postamt/internal/observe"
+	"github.com/postamt/postamt/internal/queue"
 )
 
 func main() {
@@ -33,7 +35,7 @@ func rootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(serveCmd(), configCmd(), checkCmd())
+	root.AddCommand(serveCmd(), configCmd(), checkCmd(), queueCmd())
 	return root
 }
 
@@ -139,4 +141,44 @@ func startCPUProfile(path string) (func(), error) {
 		return nil, err
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+func queueCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "queue", Short: "Inspect the mail queue"}
+	var file string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List recipients waiting for delivery or failed, with the reason (works beside a running server)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(file)
+			if err != nil {
+				return err
+			}
+			es, err := queue.List(cmd.Context(), cfg.Path("queue"))
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tRECEIVED\tSIZE\tFROM\tTO\tSTATE\tATTEMPTS\tNEXT\tLAST ERROR")
+			for _, e := range es {
+				next := "-"
+				if !e.NextAttempt.IsZero() {
+					next = e.NextAttempt.UTC().Format(time.DateTime)
+				}
+				from := e.From
+				if from == "" {
+					from = "<>"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%d\t%s\t%s\n", e.ID, e.Received.UTC().Format(time.DateTime), e.Size,
+					from, e.Rcpt, e.State, e.Attempts, next, e.LastError)
+			}
+			w.Flush()
+			fmt.Fprintf(cmd.OutOrStdout(), "%d recipient(s)\n", len(es))
+			return nil
+		},
+	}
+	list.Flags().StringVarP(&file, "config", "c", "", "configuration file (for data_dir)")
+	cmd.AddCommand(list)
+	return cmd
 }

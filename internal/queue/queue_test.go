@@ -368,3 +368,19 @@ func TestConcurrentAcceptGroupCommit(t *testing.T) {
 		t.Errorf("no group commit: %d transactions for %d ops", b, ops)
 	}
 }
+
+func TestList(t *testing.T) {
+	f := newFixture(t, nil)
+	f.rec.SetFail("a@x.test", smtp.NewReply(451, smtp.EnhancedCode{4, 2, 0}, "try later"))
+	f.rec.SetFail("b@x.test", smtp.NewReply(550, smtp.EnhancedCode{5, 1, 1}, "no such user"))
+	id, _ := f.accept("a@x.test", "b@x.test", "c@x.test")
+	f.waitAttempts(1)
+	es, err := List(context.Background(), f.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != 2 || es[0].ID != id || es[0].Rcpt != "a@x.test" || es[0].State != "pending" || es[0].NextAttempt.IsZero() ||
+		es[1].Rcpt != "b@x.test" || es[1].State != "failed" || es[1].LastError != "550 5.1.1 no such user" {
+		t.Fatalf("%+v", es)
+	}
+}

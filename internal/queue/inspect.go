@@ -1,0 +1,65 @@
+package queue
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Entry is one recipient in the queue, as `postamt queue list` shows it.
+type Entry struct {
+	ID          string
+	From        string
+	Received    time.Time
+	Size        int64
+	Rcpt        string
+	Transport   string
+	State       string // pending, failed
+	Attempts    int
+	NextAttempt time.Time // zero when not scheduled
+	LastError   string
+}
+
+// List reads the queue in dir without opening it for writing, so it works beside a running
+// server (WAL readers do not block the writer). Delivered recipients of unfinished messages are
+// left out.
+func List(ctx context.Context, dir string) ([]Entry, error) {
+	path := filepath.Join(dir, "queue.db")
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	db, err := sql.Open("sqlite", "file:"+url.PathEscape(path)+"?mode=ro&_pragma=busy_timeout(10000)")
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	rows, err := db.QueryContext(ctx, `SELECT m.id, m.sender, m.received, m.size, r.addr, r.transport, r.state,
+		r.attempts, r.next_attempt, r.last_error FROM rcpt r JOIN msg m ON m.id = r.msg_id
+		WHERE r.state != ? ORDER BY m.received, r.idx`, stateDelivered)
+	if err != nil {
+		return nil, fmt.Errorf("queue: list: %w", err)
+	}
+	defer rows.Close()
+	var out []Entry
+	for rows.Next() {
+		var e Entry
+		var received, next int64
+		var state int
+		if err := rows.Scan(&e.ID, &e.From, &received, &e.Size, &e.Rcpt, &e.Transport, &state, &e.Attempts, &next, &e.LastError); err != nil {
+			return nil, fmt.Errorf("queue: list: %w", err)
+		}
+		e.Received = time.UnixMicro(received)
+		e.State = "pending"
+		if state == stateFailed {
+			e.State = "failed"
+		} else if next > 0 && e.Attempts > 0 {
+			e.NextAttempt = time.UnixMicro(next)
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
