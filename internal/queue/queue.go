@@ -73,6 +73,7 @@ type Queue struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	closed    atomic.Bool
+	memBytes  atomic.Int64 // inline bodies held in memory for their first attempt
 	acceptMu  sync.RWMutex
 
 	metrics Metrics
@@ -199,9 +200,14 @@ func (q *Queue) Accept(ctx context.Context, env *mail.Envelope, w *spool.Writer)
 	inline, isInline := w.Inline()
 	env.BodyInline = isInline
 	var mem *memBody
-	if isInline {
-		// The first delivery attempt reads the body from memory; it is released after.
-		mem = &memBody{data: inline, release: w.Release}
+	if isInline && q.memBytes.Add(int64(cap(inline))) <= memBudget {
+		// The first delivery attempt reads the body from memory; it is released after. Past the
+		// budget (delivery is behind), bodies are released at once and read back from the
+		// database, so a backlog costs disk, not memory.
+		n := int64(cap(inline))
+		mem = &memBody{data: inline, release: func() { w.Release(); q.memBytes.Add(-n) }}
+	} else if isInline {
+		q.memBytes.Add(-int64(cap(inline)))
 	}
 	o := &op{
 		apply:   q.insertOp(env, inline),
@@ -213,8 +219,14 @@ func (q *Queue) Accept(ctx context.Context, env *mail.Envelope, w *spool.Writer)
 	// Wait even if ctx is cancelled: until the commit has finished we cannot tell the caller
 	// whether the message is queued, and the commit itself is bounded by the disk.
 	if err := <-o.done; err != nil {
+		if mem != nil {
+			q.memBytes.Add(-int64(cap(inline)))
+		}
 		w.Abort()
 		return err
+	}
+	if mem == nil {
+		w.Release()
 	}
 	q.metrics.Accepted.Add(1)
 	return nil
@@ -287,6 +299,9 @@ func (q *Queue) openBody(env *mail.Envelope) (io.ReadCloser, error) {
 	}
 	return io.NopCloser(bytes.NewReader(data)), nil
 }
+
+// memBudget bounds the inline bodies kept in memory between acceptance and the first attempt.
+const memBudget = 16 << 20
 
 // memBody is an inline body still in memory, shared by the first attempt's jobs.
 type memBody struct {

@@ -124,8 +124,17 @@ func (t *Transport) fileName(msg *transport.Message, r mail.Recipient) string {
 type request struct {
 	msg  *transport.Message
 	rcpt mail.Recipient
-	done chan error
+	// content is the whole file, prepared by the delivering goroutine so that the mailbox's
+	// single writer only creates, writes and syncs; nil for large messages, which the writer
+	// streams from the store itself.
+	content *bytes.Buffer
+	done    chan error
 }
+
+// prepareMax is the largest message rendered in memory before it reaches the mailbox writer.
+const prepareMax = 1 << 20
+
+var contentPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // mailbox serialises the deliveries into one Maildir. Many writers creating and renaming files in
 // one directory contend for its lock (on Linux that burns more CPU than the writes themselves),
@@ -143,6 +152,21 @@ func (t *Transport) deliverOne(msg *transport.Message, r mail.Recipient) error {
 	v, _ := t.boxes.LoadOrStore(dir, &mailbox{})
 	mb := v.(*mailbox)
 	req := &request{msg: msg, rcpt: r, done: make(chan error, 1)}
+	if msg.Size <= prepareMax {
+		buf := contentPool.Get().(*bytes.Buffer)
+		buf.Reset()
+		defer contentPool.Put(buf)
+		body, err := msg.Open()
+		if err != nil {
+			return err
+		}
+		err = t.render(buf, msg, r, body)
+		body.Close()
+		if err != nil {
+			return err
+		}
+		req.content = buf
+	}
 	mb.mu.Lock()
 	mb.pending = append(mb.pending, req)
 	start := !mb.running
@@ -189,7 +213,7 @@ func (t *Transport) writeBatch(dir string, batch []*request) {
 			req.done <- nil // delivered by an attempt whose outcome was lost in a crash
 			continue
 		}
-		f, err := t.writeTmp(fl.tmp, req.msg, req.rcpt)
+		f, err := t.writeTmp(fl.tmp, req)
 		if err != nil {
 			req.done <- err
 			continue
@@ -226,17 +250,17 @@ func (t *Transport) writeBatch(dir string, batch []*request) {
 }
 
 // writeTmp writes the message into tmp/ and returns the still open file for the batch's fsync.
-func (t *Transport) writeTmp(tmp string, msg *transport.Message, r mail.Recipient) (*os.File, error) {
-	body, err := msg.Open()
-	if err != nil {
-		return nil, err
-	}
-	defer body.Close()
+func (t *Transport) writeTmp(tmp string, req *request) (*os.File, error) {
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	if err := t.write(f, msg, r, body); err != nil {
+	if req.content != nil {
+		_, err = f.Write(req.content.Bytes())
+	} else {
+		err = t.stream(f, req.msg, req.rcpt)
+	}
+	if err != nil {
 		f.Close()
 		os.Remove(tmp)
 		return nil, err
@@ -246,33 +270,47 @@ func (t *Transport) writeTmp(tmp string, msg *transport.Message, r mail.Recipien
 
 var bufPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
 
-func (t *Transport) write(f *os.File, msg *transport.Message, r mail.Recipient, body io.Reader) error {
+// stream writes a large message straight from the store into f.
+func (t *Transport) stream(f *os.File, msg *transport.Message, r mail.Recipient) error {
+	body, err := msg.Open()
+	if err != nil {
+		return err
+	}
+	defer body.Close()
 	bw := bufPool.Get().(*bufio.Writer)
 	bw.Reset(f)
 	defer bufPool.Put(bw)
-	eol := "\n"
-	if t.CRLF {
-		eol = "\r\n"
-	}
-	// RFC 5321 §4.4: the final delivery MTA adds Return-Path with the reverse-path.
-	fmt.Fprintf(bw, "Return-Path: <%s>%s", msg.From, eol)
-	fmt.Fprintf(bw, "Delivered-To: %s%s", r.Addr, eol)
-	var err error
-	if t.CRLF {
-		_, err = io.Copy(bw, body)
-	} else {
-		err = copyLF(bw, body)
-	}
-	if err != nil {
+	if err := t.render(bw, msg, r, body); err != nil {
 		return err
 	}
 	return bw.Flush()
 }
 
+// render writes the file content: our two headers, then the stored message.
+func (t *Transport) render(w io.Writer, msg *transport.Message, r mail.Recipient, body io.Reader) error {
+	eol := "\n"
+	if t.CRLF {
+		eol = "\r\n"
+	}
+	// RFC 5321 §4.4: the final delivery MTA adds Return-Path with the reverse-path.
+	if _, err := fmt.Fprintf(w, "Return-Path: <%s>%sDelivered-To: %s%s", msg.From, eol, r.Addr, eol); err != nil {
+		return err
+	}
+	if t.CRLF {
+		_, err := io.Copy(w, body)
+		return err
+	}
+	return copyLF(w, body)
+}
+
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
 // copyLF copies r to w turning CRLF into LF. The spool only ever holds CRLF line endings (the
 // SMTP server refuses bare CR and LF), so every CR is followed by LF, possibly in the next read.
 func copyLF(w io.Writer, r io.Reader) error {
-	buf := make([]byte, 32<<10)
+	bp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bp)
+	buf := *bp
 	pendingCR := false
 	for {
 		n, err := r.Read(buf)
