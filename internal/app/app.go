@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/postamt/postamt/internal/bounce"
 	"github.com/postamt/postamt/internal/certs"
 	"github.com/postamt/postamt/internal/config"
 	"github.com/postamt/postamt/internal/observe"
@@ -48,7 +49,10 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		local = &maildir.Transport{Root: cfg.Path(cfg.Local.MaildirRoot), Hostname: cfg.Hostname}
 	}
 	hist := observe.NewHistograms()
+	rt := router.New(cfg.Local)
+	bouncer := &bounce.Bouncer{Hostname: cfg.Hostname, Router: rt, Logger: log, Now: time.Now}
 	q, err := queue.Open(queue.Options{
+		Bounce:         bouncer.Bounce,
 		AttemptLatency: hist.Attempt,
 		Dir:            cfg.Path("queue"),
 		RetryIntervals: durations(cfg.Queue.RetryIntervals),
@@ -60,6 +64,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
+	bouncer.Intake = q // the DSN goes back in through the same queue
 	tlsConf, err := certs.ServerConfig(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.Path("tls"), cfg.Hostname)
 	if err != nil {
 		q.Close(context.Background())

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -103,4 +104,82 @@ func send(addr, from, to, msg string) error {
 		return err
 	}
 	return c.Quit()
+}
+
+// TestBounceToLocalSender: a recipient that the mail store refuses for good is returned to the
+// (local) sender as a DSN in the sender's Maildir, and the failed message leaves the queue.
+func TestBounceToLocalSender(t *testing.T) {
+	dir := t.TempDir()
+	// An LMTP "store" that refuses every recipient permanently.
+	store := startRefusingLMTP(t)
+	cfg, err := config.Parse("test.toml", []byte(`
+hostname = "mx.example.test"
+data_dir = "`+dir+`"
+[smtp]
+listen = ["127.0.0.1:0"]
+[local]
+domains = ["example.test"]
+mailboxes = ["alice@example.test"]
+transport = "lmtp"
+lmtp_address = "`+store.String()+`"
+[local.aliases]
+"ghost@example.test" = ["alice@example.test"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	var logMu sync.Mutex
+	a, err := Start(cfg, slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil)))
+	t.Cleanup(func() {
+		if t.Failed() {
+			logMu.Lock()
+			t.Log(logs.String())
+			logMu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Shutdown(context.Background())
+	// alice sends to ghost (an alias of alice, stored over LMTP, which refuses): the DSN goes to
+	// alice, and is refused by the store too — but a DSN from <> is never bounced again.
+	msg := "From: <alice@example.test>\r\nTo: <ghost@example.test>\r\nSubject: lost\r\n\r\nbody\r\n"
+	if err := send(a.Addrs()[0].String(), "alice@example.test", "ghost@example.test", msg); err != nil {
+		t.Fatal(err)
+	}
+	var dsnMsg string
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if m := store.dsn(); m != "" {
+			dsnMsg = m
+			break
+		}
+	}
+	if dsnMsg == "" {
+		t.Fatal("no DSN reached the sender's store")
+	}
+	for _, want := range []string{"From: Mail Delivery System <MAILER-DAEMON@mx.example.test>", "To: <alice@example.test>",
+		"Action: failed", "Status: 5.1.1", "Original-Recipient: rfc822; ghost@example.test", "Subject: lost"} {
+		if !strings.Contains(dsnMsg, want) {
+			t.Errorf("DSN lacks %q:\n%s", want, dsnMsg)
+		}
+	}
+	// Both the original and the (refused) DSN are gone from the queue: nothing bounces forever.
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if _, _, m, err := a.Queue.Counts(context.Background()); err == nil && m == 0 {
+			return
+		}
+	}
+	t.Fatal("messages left in the queue")
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -287,6 +287,9 @@ func (q *Queue) record(j *job, outs []outcome) {
 			if finished && !hasFailed && !j.env.BodyInline {
 				q.spool.Remove(id)
 			}
+			if finished && hasFailed {
+				q.Kick() // the scheduler hands it to the bounce stage
+			}
 		},
 	}
 	// Release the in-flight marks only after the commit attempt, so the scheduler cannot pick a
@@ -330,6 +333,9 @@ func (q *Queue) scheduler() {
 // RunDue dispatches every pending recipient whose next attempt is due by the queue's clock.
 // Tests call it after moving an injected clock forward instead of sleeping.
 func (q *Queue) RunDue(ctx context.Context) error {
+	if err := q.bounceDue(ctx); err != nil {
+		return err
+	}
 	readSeq := q.commitSeq.Load()
 	rows, err := q.rdb.QueryContext(ctx, `SELECT r.msg_id, r.idx, r.addr, r.orig, r.orcpt, r.notify, r.transport,
 		r.next_hop, r.attempts, m.sender, m.size, m.received, m.smtputf8, m.body, m.ret, m.envid, m.client, m.helo, m.inline

@@ -42,6 +42,10 @@ type Options struct {
 	Logger       *slog.Logger
 	Now          func() time.Time // injected clock for tests
 	FS           spool.FS         // injected file system for fault tests
+	// Bounce, when set, is called for each message whose recipients are all done and some of
+	// them failed; on success the message is removed. When nil, such messages are kept (state 2)
+	// with their reasons.
+	Bounce func(ctx context.Context, b *Bounce) error
 	// AttemptLatency, when set, is told how long each delivery attempt took and its transport.
 	AttemptLatency func(transport string, d time.Duration)
 	// Jitter returns the random extra delay added to a retry interval; nil for up to 10%.
@@ -74,6 +78,7 @@ type Queue struct {
 	cancel    context.CancelFunc
 	closed    atomic.Bool
 	memBytes  atomic.Int64 // inline bodies held in memory for their first attempt
+	bounceMu  sync.Mutex   // one bounce scan at a time, so no DSN is sent twice
 	acceptMu  sync.RWMutex
 
 	metrics Metrics

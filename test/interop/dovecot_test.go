@@ -79,11 +79,12 @@ func TestDovecotLMTPDelivery(t *testing.T) {
 // not a Dovecot user. Postamt accepts the message for alice and ghost; Dovecot
 // refuses ghost at LMTP RCPT with 550 5.1.1. alice gets the message, ghost
 // does not, and Postamt logs a permanent failure for ghost with Dovecot's
-// reply (and does not retry it).
+// reply (and does not retry it). The sender, a mailbox on both sides, gets a DSN for ghost in its
+// Dovecot mailbox.
 func TestDovecotRejectsRecipient(t *testing.T) {
 	p, dc := startPostamtWithDovecot(t,
 		[]string{senderAddr, "alice@example.test"},
-		[]string{"alice@example.test", "ghost@example.test"})
+		[]string{"alice@example.test", "ghost@example.test", senderAddr})
 
 	res := swaks(t, p.Host, p.Port, "--from", senderAddr, "--to", "alice@example.test,ghost@example.test",
 		"--header", "Subject: half rejected", "--body", "only alice can have this")
@@ -119,5 +120,17 @@ func TestDovecotRejectsRecipient(t *testing.T) {
 	}
 	if !strings.Contains(dc.Logs(), "saved mail to INBOX") {
 		t.Errorf("dovecot log does not show the save for alice")
+	}
+	dsn := findMessage(t, dc.MaildirNew(senderAddr), "Final-Recipient: rfc822; ghost@example.test")
+	for _, want := range []string{"Action: failed", "Status: 5.1.1", "X-Postamt-Queue-ID: " + qid, "Subject: half rejected"} {
+		if !strings.Contains(dsn.Body, want) {
+			t.Errorf("DSN lacks %q:\n%s", want, dsn.Body)
+		}
+	}
+	if got := dsn.Header.Get("Content-Type"); !strings.HasPrefix(got, "multipart/report; report-type=delivery-status") {
+		t.Errorf("DSN Content-Type %q", got)
+	}
+	if rp := dsn.Header.Get("Return-Path"); rp != "<>" {
+		t.Errorf("DSN Return-Path %q, want <> (null sender)", rp)
 	}
 }

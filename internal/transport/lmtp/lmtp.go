@@ -51,12 +51,28 @@ func (t *Transport) Deliver(ctx context.Context, msg *transport.Message, rcpts [
 
 	c := gosmtp.NewClientLMTP(conn)
 	defer c.Close()
-	remote := "lmtp:" + t.Address
+	// Remote-MTA in a DSN is a host name (RFC 3464 §2.3.5); a Unix socket has none.
+	remote := ""
+	if host, _, err := net.SplitHostPort(t.Address); err == nil {
+		remote = host
+	}
 	res := make([]transport.Result, len(rcpts))
 	if err := c.Hello(t.Hostname); err != nil {
 		return nil, convert(err, "LHLO")
 	}
-	opts := &gosmtp.MailOptions{UTF8: msg.SMTPUTF8}
+	// Clients declare SMTPUTF8 whenever the server offers it (Go's net/smtp does), so it is passed
+	// on only when the store offers it too; it is required only when an address needs it
+	// (RFC 6531 §3.2; Postfix's smtputf8_autodetect does the same).
+	hasUTF8, _ := c.Extension("SMTPUTF8")
+	if msg.SMTPUTF8 && !hasUTF8 && needsUTF8(msg.From, rcpts) {
+		for i := range res {
+			res[i].RemoteMTA = remote
+			res[i].Reply = smtp.NewReply(553, smtp.CodeNeedsUTF8, "The mail store does not support SMTPUTF8, which this message's addresses need")
+		}
+		c.Quit()
+		return res, nil
+	}
+	opts := &gosmtp.MailOptions{UTF8: msg.SMTPUTF8 && hasUTF8}
 	if msg.Body8Bit {
 		opts.Body = gosmtp.Body8BitMIME
 	}
@@ -120,4 +136,25 @@ func convert(err error, stage string) *smtp.Reply {
 		return r
 	}
 	return smtp.NewReply(451, smtp.EnhancedCode{4, 4, 2}, "LMTP connection failed during "+stage).WithErr(err)
+}
+
+func needsUTF8(from string, rcpts []mail.Recipient) bool {
+	if !isASCII(from) {
+		return true
+	}
+	for _, r := range rcpts {
+		if !isASCII(r.Route.NextHop) {
+			return true
+		}
+	}
+	return false
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }

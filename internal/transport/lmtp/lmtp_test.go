@@ -117,3 +117,30 @@ func TestUnreachable(t *testing.T) {
 		t.Fatal("unreachable LMTP must be a temporary failure")
 	}
 }
+
+// TestSMTPUTF8Downgrade: a store without SMTPUTF8 still gets ASCII-addressed mail whose client
+// declared SMTPUTF8, and refuses UTF-8 addresses permanently with 5.6.7.
+func TestSMTPUTF8Downgrade(t *testing.T) {
+	store := &fakeStore{got: map[string]string{}}
+	srv := gosmtp.NewServer(store)
+	srv.LMTP = true
+	srv.Domain = "store.test"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	tr := &Transport{Address: ln.Addr().String(), Hostname: "mx.test"}
+	msg := &transport.Message{ID: "Q", From: "s@remote.test", SMTPUTF8: true, Open: func() (io.ReadCloser, error) {
+		return io.NopCloser(strings.NewReader("Subject: x\r\n\r\nbody\r\n")), nil
+	}}
+	res, err := tr.Deliver(context.Background(), msg, []mail.Recipient{{Addr: "ok@d.test", Route: mail.Route{NextHop: "ok@d.test"}}})
+	if err != nil || res[0].Reply != nil {
+		t.Fatalf("ASCII recipient: %v %v", err, res[0].Reply)
+	}
+	res, err = tr.Deliver(context.Background(), msg, []mail.Recipient{{Addr: "jörg@d.test", Route: mail.Route{NextHop: "jörg@d.test"}}})
+	if err != nil || res[0].Reply == nil || res[0].Reply.Code != 553 || !res[0].Reply.Permanent() {
+		t.Fatalf("UTF-8 recipient: %v %v", err, res[0].Reply)
+	}
+}

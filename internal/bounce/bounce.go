@@ -1,0 +1,125 @@
+// Package bounce returns failed mail to its sender: it turns the queue's record of a message with
+// failed recipients into a DSN (package dsn) and submits it through the same Intake as any other
+// mail, from the null sender, routed like any other recipient. It decides who gets a DSN
+// (never the null sender, NOTIFY honoured); the queue decides when.
+package bounce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/postamt/postamt/internal/dsn"
+	"github.com/postamt/postamt/internal/mail"
+	"github.com/postamt/postamt/internal/queue"
+	"github.com/postamt/postamt/internal/smtp"
+	"github.com/postamt/postamt/internal/spool"
+)
+
+// Router routes the DSN's recipient (the original sender); see router.Router.
+type Router interface {
+	Resolve(p smtp.Path, authenticated bool) ([]mail.Recipient, *smtp.Reply)
+}
+
+// Intake takes the DSN; see queue.Queue.
+type Intake interface {
+	Create() (*spool.Writer, error)
+	Accept(ctx context.Context, env *mail.Envelope, w *spool.Writer) error
+}
+
+// Bouncer sends DSNs for failed recipients.
+type Bouncer struct {
+	Hostname string
+	Router   Router
+	Intake   Intake
+	Logger   *slog.Logger
+	Now      func() time.Time
+}
+
+// Bounce builds and queues the DSN for b. Cases where no DSN may or can be sent (null sender,
+// NOTIFY without FAILURE, a sender address that does not route) are logged and return nil, so
+// the queue removes the message; only a failure to queue the DSN returns an error (retried).
+func (bo *Bouncer) Bounce(ctx context.Context, b *queue.Bounce) error {
+	env := b.Env
+	log := bo.Logger.With("id", env.ID, "sender", env.From)
+	if env.From == "" {
+		// RFC 5321 §4.5.5 / RFC 3464: never a DSN for a message from the null sender (loops).
+		log.Info("bounce suppressed: the message came from the null sender")
+		return nil
+	}
+	var rcpts []dsn.Recipient
+	for _, f := range b.Failed {
+		if !dsn.Wanted(f.Notify, "FAILURE") {
+			continue
+		}
+		orig := f.ORCPT
+		if orig == "" && f.Orig != "" && f.Orig != f.Addr {
+			orig = "rfc822;" + f.Orig
+		}
+		rcpts = append(rcpts, dsn.Recipient{
+			Final: f.Addr, Original: orig, Action: "failed", Status: statusOf(f.LastError),
+			Diagnostic: f.LastError, LastAttempt: f.LastAttempt,
+		})
+	}
+	if len(rcpts) == 0 {
+		log.Info("bounce suppressed: NOTIFY does not ask for failure reports")
+		return nil
+	}
+	sender, _, err := smtp.ParsePath("<"+env.From+">", true)
+	if err != nil {
+		log.Warn("bounce dropped: sender address does not parse", "err", err)
+		return nil
+	}
+	routed, reply := bo.Router.Resolve(sender, true)
+	if reply != nil {
+		log.Warn("bounce dropped: sender address does not route", "reply", reply.Line())
+		return nil
+	}
+	body, err := b.Open()
+	if err != nil {
+		return fmt.Errorf("bounce: %w", err)
+	}
+	defer body.Close()
+	w, err := bo.Intake.Create()
+	if err != nil {
+		return fmt.Errorf("bounce: %w", err)
+	}
+	now := bo.Now()
+	msg, err := dsn.Build(dsn.Report{
+		ReportingMTA: bo.Hostname, QueueID: env.ID, Sender: env.From, EnvID: env.EnvID,
+		Arrival: env.ReceivedAt, Date: now, MessageID: w.ID() + ".dsn@" + bo.Hostname,
+		Ret: env.Ret, SMTPUTF8: env.SMTPUTF8, Recipients: rcpts,
+	}, body)
+	if err != nil {
+		w.Abort()
+		return err
+	}
+	fmt.Fprintf(w, "Received: by %s (Postamt) id %s;\r\n\t%s\r\n", bo.Hostname, w.ID(), now.Format(time.RFC1123Z))
+	w.Write(msg)
+	dsnEnv := &mail.Envelope{From: "", Rcpts: routed, ReceivedAt: now, SMTPUTF8: env.SMTPUTF8, Body: "8BITMIME", Client: "127.0.0.1", Helo: "bounce"}
+	if err := bo.Intake.Accept(ctx, dsnEnv, w); err != nil {
+		if errors.Is(err, queue.ErrClosed) {
+			return err
+		}
+		return fmt.Errorf("bounce: queue DSN: %w", err)
+	}
+	addrs := make([]string, len(rcpts))
+	for i, r := range rcpts {
+		addrs[i] = r.Final
+	}
+	log.Info("bounced", "dsn_id", dsnEnv.ID, "failed", strings.Join(addrs, ","))
+	return nil
+}
+
+// statusOf takes the enhanced code out of a stored reply line ("550 5.1.1 text"), or makes a
+// generic permanent one.
+func statusOf(line string) string {
+	f := strings.Fields(line)
+	if len(f) >= 2 && strings.Count(f[1], ".") == 2 && (f[1][0] == '5' || f[1][0] == '4') {
+		return "5" + f[1][1:]
+	}
+	return "5.0.0"
+}

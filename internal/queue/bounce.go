@@ -1,0 +1,105 @@
+package queue
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/postamt/postamt/internal/mail"
+)
+
+// Failed is a recipient whose delivery failed for good, with what is known about why.
+type Failed struct {
+	mail.Recipient
+	LastError   string // the final reply, e.g. "550 5.1.1 No such user"
+	Attempts    int
+	LastAttempt time.Time
+}
+
+// Bounce is what the queue hands to Options.Bounce for a message with failed recipients.
+type Bounce struct {
+	Env    *mail.Envelope // the original envelope (Rcpts left empty)
+	Failed []Failed
+	// Open reads the original message as stored.
+	Open func() (io.ReadCloser, error)
+}
+
+// bounceDue hands finished messages with failed recipients to Options.Bounce and then removes
+// them. A Bounce error other than ErrNoBounce keeps the message for the next scan.
+func (q *Queue) bounceDue(ctx context.Context) error {
+	if q.opts.Bounce == nil || !q.bounceMu.TryLock() {
+		return nil // not configured, or another scan is bouncing right now
+	}
+	defer q.bounceMu.Unlock()
+	rows, err := q.rdb.QueryContext(ctx, `SELECT id, sender, size, received, smtputf8, body, ret, envid, client, helo, inline
+		FROM msg WHERE state = 2 LIMIT 100`)
+	if err != nil {
+		return fmt.Errorf("queue: bounce scan: %w", err)
+	}
+	var envs []*mail.Envelope
+	for rows.Next() {
+		e := &mail.Envelope{}
+		var received int64
+		if err := rows.Scan(&e.ID, &e.From, &e.Size, &received, &e.SMTPUTF8, &e.Body, &e.Ret, &e.EnvID, &e.Client, &e.Helo, &e.BodyInline); err != nil {
+			rows.Close()
+			return fmt.Errorf("queue: bounce scan: %w", err)
+		}
+		e.ReceivedAt = time.UnixMicro(received)
+		envs = append(envs, e)
+	}
+	rows.Close()
+	for _, e := range envs {
+		if err := q.bounceOne(ctx, e); err != nil {
+			q.log.Error("queue: cannot bounce; will retry", "id", e.ID, "err", err)
+		}
+	}
+	return nil
+}
+
+func (q *Queue) bounceOne(ctx context.Context, env *mail.Envelope) error {
+	rows, err := q.rdb.QueryContext(ctx, `SELECT addr, orig, orcpt, notify, transport, next_hop, last_error, attempts
+		FROM rcpt WHERE msg_id = ? AND state = ? ORDER BY idx`, env.ID, stateFailed)
+	if err != nil {
+		return err
+	}
+	var failed []Failed
+	for rows.Next() {
+		var f Failed
+		if err := rows.Scan(&f.Addr, &f.Orig, &f.ORCPT, &f.Notify, &f.Route.Transport, &f.Route.NextHop, &f.LastError, &f.Attempts); err != nil {
+			rows.Close()
+			return err
+		}
+		f.LastAttempt = q.opts.Now()
+		failed = append(failed, f)
+	}
+	rows.Close()
+	b := &Bounce{Env: env, Failed: failed, Open: func() (io.ReadCloser, error) { return q.openBody(env) }}
+	if err := q.opts.Bounce(ctx, b); err != nil {
+		return err
+	}
+	return q.remove(env)
+}
+
+// remove deletes a finished message, its rows and its body.
+func (q *Queue) remove(env *mail.Envelope) error {
+	done := make(chan error, 1)
+	q.commitCh <- &op{
+		apply: func(tx *sql.Tx) error {
+			for _, st := range []*sql.Stmt{q.stmts.delRcpts, q.stmts.delBody, q.stmts.delMsg} {
+				if _, err := tx.Stmt(st).Exec(env.ID); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+		after: func() {
+			if !env.BodyInline {
+				q.spool.Remove(env.ID)
+			}
+		},
+		done: done,
+	}
+	return <-done
+}
