@@ -16,6 +16,7 @@ import (
 	"github.com/postamt/postamt/internal/bounce"
 	"github.com/postamt/postamt/internal/certs"
 	"github.com/postamt/postamt/internal/config"
+	"github.com/postamt/postamt/internal/dns"
 	"github.com/postamt/postamt/internal/observe"
 	"github.com/postamt/postamt/internal/queue"
 	"github.com/postamt/postamt/internal/router"
@@ -23,6 +24,7 @@ import (
 	"github.com/postamt/postamt/internal/transport"
 	"github.com/postamt/postamt/internal/transport/lmtp"
 	"github.com/postamt/postamt/internal/transport/maildir"
+	"github.com/postamt/postamt/internal/transport/remote"
 )
 
 // App is a running server.
@@ -58,8 +60,10 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		RetryIntervals: durations(cfg.Queue.RetryIntervals),
 		MaxAge:         cfg.Queue.MaxAge.D(),
 		Workers:        cfg.Queue.DeliveryWorkers,
-		Transports:     []transport.Transport{local},
-		Logger:         log,
+		Transports: []transport.Transport{local, &remote.Transport{
+			Resolver: dns.System(cfg.Outbound.DNSServers), Hostname: cfg.Hostname, Port: cfg.Outbound.Port,
+		}},
+		Logger: log,
 	})
 	if err != nil {
 		return nil, err

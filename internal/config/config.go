@@ -19,6 +19,7 @@ type Config struct {
 	TLS      TLS       `toml:"tls"`
 	Queue    Queue     `toml:"queue"`
 	Local    Local     `toml:"local"`
+	Outbound Outbound  `toml:"outbound"`
 	Metrics  Metrics   `toml:"metrics"`
 	file     string    // where the settings came from, for messages
 	pos      positions // option → line, for semantic errors
@@ -65,6 +66,12 @@ type Local struct {
 	LMTPAddress   string              `toml:"lmtp_address"`
 }
 
+// Outbound is delivery to other domains' mail exchangers.
+type Outbound struct {
+	Port       int      `toml:"port"`        // destination port; 25 except in tests
+	DNSServers []string `toml:"dns_servers"` // "ip:port" resolvers; empty: the system's
+}
+
 type Metrics struct {
 	Listen string `toml:"listen"` // "" disables the HTTP endpoint
 }
@@ -106,7 +113,8 @@ func Default() *Config {
 			MaildirRoot:   "mail",
 			LMTPAddress:   "127.0.0.1:24",
 		},
-		Metrics: Metrics{Listen: ""},
+		Outbound: Outbound{Port: 25},
+		Metrics:  Metrics{Listen: ""},
 	}
 }
 

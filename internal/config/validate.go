@@ -18,6 +18,12 @@ func (c *Config) Validate() error {
 	c.validateSMTP(v)
 	c.validateQueue(v)
 	c.validateLocal(v)
+	if c.Outbound.Port < 1 || c.Outbound.Port > 65535 {
+		v.addf("outbound.port", "must be a port number from 1 to 65535, got %d", c.Outbound.Port)
+	}
+	for _, s := range c.Outbound.DNSServers {
+		v.hostPort("outbound.dns_servers", s)
+	}
 	if len(v.errs) > 0 {
 		return v.errs
 	}

@@ -132,6 +132,7 @@ type outcome struct {
 	next     time.Time
 	reply    *smtp.Reply
 	remote   string
+	tls      string
 }
 
 func (q *Queue) attempt(j *job) {
@@ -175,7 +176,7 @@ func (q *Queue) attempt(j *job) {
 		if err != nil {
 			o.reply = smtp.ReplyFor(err, env.ID)
 		} else {
-			o.reply, o.remote = results[n].Reply, results[n].RemoteMTA
+			o.reply, o.remote, o.tls = results[n].Reply, results[n].RemoteMTA, results[n].TLS
 		}
 		switch {
 		case o.reply == nil:
@@ -214,6 +215,9 @@ func (q *Queue) logDelivery(env *mail.Envelope, r mail.Recipient, o outcome, too
 	}
 	if o.remote != "" {
 		attrs = append(attrs, "relay", o.remote)
+	}
+	if o.tls != "" {
+		attrs = append(attrs, "tls", o.tls)
 	}
 	if o.reply != nil {
 		attrs = append(attrs, "reply", o.reply.Line())

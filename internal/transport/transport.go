@@ -30,6 +30,7 @@ type Result struct {
 	// up. Temporary replies are retried, permanent ones end delivery for that recipient.
 	Reply     *smtp.Reply
 	RemoteMTA string // who answered, for logs and the DSN Remote-MTA field
+	TLS       string // the TLS outcome for logs: "none", or version and cipher
 }
 
 // Transport delivers messages.

@@ -6,7 +6,6 @@ package lmtp
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -64,7 +63,7 @@ func (t *Transport) Deliver(ctx context.Context, msg *transport.Message, rcpts [
 	// on only when the store offers it too; it is required only when an address needs it
 	// (RFC 6531 §3.2; Postfix's smtputf8_autodetect does the same).
 	hasUTF8, _ := c.Extension("SMTPUTF8")
-	if msg.SMTPUTF8 && !hasUTF8 && needsUTF8(msg.From, rcpts) {
+	if msg.SMTPUTF8 && !hasUTF8 && transport.NeedsUTF8(msg.From, rcpts) {
 		for i := range res {
 			res[i].RemoteMTA = remote
 			res[i].Reply = smtp.NewReply(553, smtp.CodeNeedsUTF8, "The mail store does not support SMTPUTF8, which this message's addresses need")
@@ -122,39 +121,6 @@ func (t *Transport) Deliver(ctx context.Context, msg *transport.Message, rcpts [
 	return res, nil
 }
 
-// convert turns a go-smtp error into our reply type, keeping the server's code and text so that
-// logs and later DSNs show what the mail store said.
 func convert(err error, stage string) *smtp.Reply {
-	var se *gosmtp.SMTPError
-	if errors.As(err, &se) {
-		enh := smtp.EnhancedCode(se.EnhancedCode)
-		if enh[0] <= 0 {
-			enh = smtp.EnhancedCode{se.Code / 100, 0, 0}
-		}
-		r := smtp.NewReply(se.Code, enh, fmt.Sprintf("LMTP server said after %s: %s", stage, se.Message))
-		r.Err = err
-		return r
-	}
-	return smtp.NewReply(451, smtp.EnhancedCode{4, 4, 2}, "LMTP connection failed during "+stage).WithErr(err)
-}
-
-func needsUTF8(from string, rcpts []mail.Recipient) bool {
-	if !isASCII(from) {
-		return true
-	}
-	for _, r := range rcpts {
-		if !isASCII(r.Route.NextHop) {
-			return true
-		}
-	}
-	return false
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
+	return transport.ClientReply(err, "LMTP server", stage)
 }
