@@ -61,7 +61,7 @@ func (bo *Bouncer) Bounce(ctx context.Context, b *queue.Bounce) error {
 		}
 		rcpts = append(rcpts, dsn.Recipient{
 			Final: f.Addr, Original: orig, Action: "failed", Status: statusOf(f.LastError),
-			Diagnostic: f.LastError, LastAttempt: f.LastAttempt,
+			Diagnostic: f.LastError, RemoteMTA: f.RemoteMTA, LastAttempt: f.LastAttempt,
 		})
 	}
 	if len(rcpts) == 0 {

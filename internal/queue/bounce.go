@@ -14,6 +14,7 @@ import (
 type Failed struct {
 	mail.Recipient
 	LastError   string // the final reply, e.g. "550 5.1.1 No such user"
+	RemoteMTA   string // the host that gave it, "" when it was our own verdict
 	Attempts    int
 	LastAttempt time.Time
 }
@@ -59,7 +60,7 @@ func (q *Queue) bounceDue(ctx context.Context) error {
 }
 
 func (q *Queue) bounceOne(ctx context.Context, env *mail.Envelope) error {
-	rows, err := q.rdb.QueryContext(ctx, `SELECT addr, orig, orcpt, notify, transport, next_hop, last_error, attempts
+	rows, err := q.rdb.QueryContext(ctx, `SELECT addr, orig, orcpt, notify, transport, next_hop, last_error, attempts, remote_mta
 		FROM rcpt WHERE msg_id = ? AND state = ? ORDER BY idx`, env.ID, stateFailed)
 	if err != nil {
 		return err
@@ -67,7 +68,7 @@ func (q *Queue) bounceOne(ctx context.Context, env *mail.Envelope) error {
 	var failed []Failed
 	for rows.Next() {
 		var f Failed
-		if err := rows.Scan(&f.Addr, &f.Orig, &f.ORCPT, &f.Notify, &f.Route.Transport, &f.Route.NextHop, &f.LastError, &f.Attempts); err != nil {
+		if err := rows.Scan(&f.Addr, &f.Orig, &f.ORCPT, &f.Notify, &f.Route.Transport, &f.Route.NextHop, &f.LastError, &f.Attempts, &f.RemoteMTA); err != nil {
 			rows.Close()
 			return err
 		}

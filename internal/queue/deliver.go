@@ -258,7 +258,7 @@ func (q *Queue) record(j *job, outs []outcome) {
 				if !o.next.IsZero() {
 					next = o.next.UnixMicro()
 				}
-				if _, err := upd.Exec(o.state, o.attempts, next, errText, id, o.idx); err != nil {
+				if _, err := upd.Exec(o.state, o.attempts, next, errText, o.remote, id, o.idx); err != nil {
 					return fmt.Errorf("queue: update %s/%d: %w", id, o.idx, err)
 				}
 			}

@@ -673,6 +673,13 @@ func (p *postfixInstance) Logs() string {
 // is logged on failure.
 func startPostfix(t *testing.T, hostname, relayHost string) *postfixInstance {
 	t.Helper()
+	return startPostfixWith(t, hostname, relayHost, "", "")
+}
+
+// startPostfixWith is startPostfix with extra main.cf and master.cf lines (extraMain may use
+// %[1]s for the instance's root directory).
+func startPostfixWith(t *testing.T, hostname, relayHost, extraMain, extraMaster string) *postfixInstance {
+	t.Helper()
 	requireRoot(t)
 	postfix := requireTool(t, "postfix")
 	pfUID, _ := lookupUser(t, "postfix")
@@ -729,7 +736,7 @@ queue_run_delay = 1s
 minimal_backoff_time = 1s
 maximal_backoff_time = 2s
 smtp_connect_timeout = 5s
-`, queueDir, dataDir, hostname, relayHost, p.Log, dir))
+`, queueDir, dataDir, hostname, relayHost, p.Log, dir)+strings.ReplaceAll(extraMain, "%[1]s", dir))
 
 	// No chroot (the temp dirs are not set up for one); the smtpd listens on
 	// the chosen loopback port instead of port 25.
@@ -756,7 +763,7 @@ discard   unix  -       -       n       -       -       discard
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
-`, p.Addr))
+`, p.Addr)+extraMaster)
 
 	t.Cleanup(func() {
 		if showLogs(t) {
