@@ -51,7 +51,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		local = &maildir.Transport{Root: cfg.Path(cfg.Local.MaildirRoot), Hostname: cfg.Hostname}
 	}
 	hist := observe.NewHistograms()
-	rt := router.New(cfg.Local)
+	rt := router.New(cfg.Local, cfg.Outbound)
 	bouncer := &bounce.Bouncer{Hostname: cfg.Hostname, Router: rt, Logger: log, Now: time.Now}
 	q, err := queue.Open(queue.Options{
 		Bounce:         bouncer.Bounce,
@@ -83,7 +83,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 			MaxConnections: l.MaxConnections, MaxConnectionsPerIP: l.MaxConnectionsPerIP, MaxErrors: l.MaxErrors,
 		},
 		TLS:           tlsConf,
-		Router:        router.New(cfg.Local),
+		Router:        rt,
 		Intake:        q,
 		Logger:        log,
 		IDs:           observe.NewIDGen(nil),

@@ -32,7 +32,7 @@ func (f *fakeIntake) Accept(_ context.Context, env *mail.Envelope, w *spool.Writ
 
 func TestWhoGetsADSN(t *testing.T) {
 	sp, _ := spool.New(t.TempDir(), nil)
-	rt := router.New(config.Local{Domains: []string{"example.test"}, Mailboxes: []string{"alice@example.test"}, Transport: "maildir"})
+	rt := router.New(config.Local{Domains: []string{"example.test"}, Mailboxes: []string{"alice@example.test"}, Transport: "maildir"}, config.Outbound{})
 	failed := func(notify string) []queue.Failed {
 		return []queue.Failed{{Recipient: mail.Recipient{Addr: "bob@remote.test", Orig: "bob@remote.test", Notify: notify}, LastError: "550 5.1.1 no such user"}}
 	}

@@ -70,6 +70,10 @@ type Local struct {
 type Outbound struct {
 	Port       int      `toml:"port"`        // destination port; 25 except in tests
 	DNSServers []string `toml:"dns_servers"` // "ip:port" resolvers; empty: the system's
+	// RelayHost sends all mail for other domains to one server ("[host]:port", no MX lookup).
+	RelayHost string `toml:"relay_host"`
+	// Transports maps a domain to the server that takes its mail ("[host]:port").
+	Transports map[string]string `toml:"transports"`
 }
 
 type Metrics struct {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/postamt/postamt/internal/mail"
 	"github.com/postamt/postamt/internal/smtp"
 )
 
@@ -23,6 +24,12 @@ func (c *Config) Validate() error {
 	}
 	for _, s := range c.Outbound.DNSServers {
 		v.hostPort("outbound.dns_servers", s)
+	}
+	if c.Outbound.RelayHost != "" {
+		v.nextHop("outbound.relay_host", c.Outbound.RelayHost)
+	}
+	for _, d := range slices.Sorted(maps.Keys(c.Outbound.Transports)) {
+		v.nextHop("outbound.transports."+d, c.Outbound.Transports[d])
 	}
 	if len(v.errs) > 0 {
 		return v.errs
@@ -66,6 +73,14 @@ func (v *validator) hostPort(option, addr string) {
 	var p int
 	if _, err := fmt.Sscanf(port, "%d", &p); err != nil || p < 0 || p > 65535 {
 		v.addf(option, "%q: port must be a number from 0 to 65535", addr)
+	}
+}
+
+// nextHop accepts "[host]:port" or "[host]" (brackets: no MX lookup, as in Postfix).
+func (v *validator) nextHop(option, hop string) {
+	host, port, ok := mail.SplitNextHop(hop)
+	if !ok || host == "" || port < 1 || port > 65535 {
+		v.addf(option, "%q must be [host]:port, e.g. \"[smtp.example.org]:587\"", hop)
 	}
 }
 

@@ -3,7 +3,11 @@
 // transports; it does no I/O.
 package mail
 
-import "time"
+import (
+	"strconv"
+	"strings"
+	"time"
+)
 
 // Envelope is an accepted message's metadata. The body lives in the spool under ID.
 type Envelope struct {
@@ -35,4 +39,24 @@ type Recipient struct {
 type Route struct {
 	Transport string // maildir, lmtp, remote, ...
 	NextHop   string // for local transports the mailbox address; for remote the domain
+}
+
+// SplitNextHop parses "[host]:port" or "[host]" (port 25).
+func SplitNextHop(hop string) (host string, port int, ok bool) {
+	rest, found := strings.CutPrefix(hop, "[")
+	if !found {
+		return "", 0, false
+	}
+	host, rest, found = strings.Cut(rest, "]")
+	if !found {
+		return "", 0, false
+	}
+	if rest == "" {
+		return host, 25, true
+	}
+	p, err := strconv.Atoi(strings.TrimPrefix(rest, ":"))
+	if err != nil || !strings.HasPrefix(rest, ":") {
+		return "", 0, false
+	}
+	return host, p, true
 }

@@ -20,11 +20,15 @@ type Router struct {
 	catchAll  map[string]string   // ASCII domain → target
 	plusSep   string
 	transport string
+	relayHost string            // "[host]:port" for all remote mail, or ""
+	nextHops  map[string]string // ASCII domain → "[host]:port" (the transport map)
 }
 
-// New builds a Router from a validated configuration section.
-func New(c config.Local) *Router {
+// New builds a Router from validated configuration sections.
+func New(c config.Local, out config.Outbound) *Router {
 	r := &Router{
+		relayHost: out.RelayHost,
+		nextHops:  map[string]string{},
 		domains:   map[string]bool{},
 		mailboxes: map[string]string{},
 		aliases:   map[string][]string{},
@@ -52,7 +56,22 @@ func New(c config.Local) *Router {
 	for d, to := range c.CatchAll {
 		r.catchAll[strings.ToLower(d)] = to
 	}
+	for d, hop := range out.Transports {
+		r.nextHops[smtp.Address{Domain: d}.ASCIIDomain()] = hop
+	}
 	return r
+}
+
+// remoteRoute is the one place that decides how mail for another domain leaves: the transport
+// map first, then the relay host (smarthost), else the domain's MX.
+func (r *Router) remoteRoute(domain string) mail.Route {
+	if hop, ok := r.nextHops[domain]; ok {
+		return mail.Route{Transport: "remote", NextHop: hop}
+	}
+	if r.relayHost != "" {
+		return mail.Route{Transport: "remote", NextHop: r.relayHost}
+	}
+	return mail.Route{Transport: "remote", NextHop: domain}
 }
 
 // key normalizes an address for lookups: local parts compare case-insensitively (what users
@@ -107,7 +126,7 @@ func (r *Router) Resolve(p smtp.Path, authenticated bool) ([]mail.Recipient, *sm
 		if !authenticated {
 			return nil, errRelayDenied
 		}
-		return []mail.Recipient{{Addr: orig, Orig: orig, Route: mail.Route{Transport: "remote", NextHop: a.ASCIIDomain()}}}, nil
+		return []mail.Recipient{{Addr: orig, Orig: orig, Route: r.remoteRoute(a.ASCIIDomain())}}, nil
 	}
 	// The percent hack (user%other@us), bang paths (other!user@us) and quoted local parts that
 	// hide an address ("user@other"@us) were all once ways to make a server relay. A local part
@@ -172,7 +191,7 @@ func (r *Router) expandTargets(targets []string, depth int) ([]mail.Recipient, *
 			continue // Validate refused these; be defensive.
 		}
 		if !r.IsLocal(a.Domain) {
-			out = append(out, mail.Recipient{Addr: t, Route: mail.Route{Transport: "remote", NextHop: a.ASCIIDomain()}})
+			out = append(out, mail.Recipient{Addr: t, Route: r.remoteRoute(a.ASCIIDomain())})
 			continue
 		}
 		rc, reply := r.expand(a.Local, a.ASCIIDomain(), depth+1)

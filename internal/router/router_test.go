@@ -23,7 +23,7 @@ func testRouter() *Router {
 			"ghost@example.test": {"nobody@example.test"},
 		},
 		CatchAll: map[string]string{"catch.test": "alice@example.test"},
-	})
+	}, config.Outbound{Transports: map[string]string{"corp.test": "[10.0.0.5]:2525"}})
 }
 
 func TestResolve(t *testing.T) {
@@ -52,6 +52,7 @@ func TestResolve(t *testing.T) {
 		{path: "<loop1@example.test>", code: 554, enh: smtp.EnhancedCode{5, 4, 6}},
 		{path: "<x@remote.test>", code: 554, enh: smtp.EnhancedCode{5, 7, 1}},
 		{path: "<x@remote.test>", auth: true, addrs: "x@remote.test>remote:remote.test"},
+		{path: "<x@corp.test>", auth: true, addrs: "x@corp.test>remote:[10.0.0.5]:2525"},
 		// Open-relay tricks.
 		{path: "<x%remote.test@example.test>", code: 554, enh: smtp.EnhancedCode{5, 7, 1}},
 		{path: "<remote.test!x@example.test>", code: 554, enh: smtp.EnhancedCode{5, 7, 1}},
@@ -92,5 +93,16 @@ func TestResolve(t *testing.T) {
 				t.Fatalf("got %s\nwant %s", strings.Join(got, " "), tt.addrs)
 			}
 		})
+	}
+}
+
+func TestRelayHost(t *testing.T) {
+	r := New(config.Local{Domains: []string{"example.test"}, Transport: "maildir",
+		Aliases: map[string][]string{"fwd@example.test": {"a@one.test", "b@corp.test"}}},
+		config.Outbound{RelayHost: "[smarthost.test]:587", Transports: map[string]string{"corp.test": "[10.0.0.5]"}})
+	p, _, _ := smtp.ParsePath("<fwd@example.test>", false)
+	rcpts, reply := r.Resolve(p, false)
+	if reply != nil || len(rcpts) != 2 || rcpts[0].Route.NextHop != "[smarthost.test]:587" || rcpts[1].Route.NextHop != "[10.0.0.5]" {
+		t.Fatalf("%v %+v", reply, rcpts)
 	}
 }

@@ -81,7 +81,7 @@ func newEnv(t *testing.T, o envOpts) *testEnv {
 		Mailboxes:     []string{"alice@example.test", "bob@example.test", "jörg@example.test"},
 		PlusSeparator: "+", Transport: "maildir",
 		Aliases: map[string][]string{"both@example.test": {"alice@example.test", "bob@example.test"}},
-	})
+	}, config.Outbound{})
 	if o.limits.MaxMessageSize == 0 {
 		o.limits.MaxMessageSize = 1 << 20
 	}

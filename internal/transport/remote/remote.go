@@ -47,19 +47,29 @@ func (t *Transport) Name() string { return "remote" }
 // Deliver makes one attempt for rcpts, which share the destination domain (their NextHop).
 func (t *Transport) Deliver(ctx context.Context, msg *transport.Message, rcpts []mail.Recipient) ([]transport.Result, error) {
 	domain := rcpts[0].Route.NextHop
-	hosts, reply := t.exchangers(ctx, domain)
-	if reply != nil {
-		return nil, reply
+	port := t.Port
+	if port == 0 {
+		port = 25
+	}
+	var hosts []string
+	if host, p, ok := mail.SplitNextHop(domain); ok {
+		// A relay host or transport-map entry: that server, no MX lookup.
+		hosts, port = []string{host}, p
+	} else {
+		var reply *smtp.Reply
+		if hosts, reply = t.exchangers(ctx, domain); reply != nil {
+			return nil, reply
+		}
 	}
 	var last *smtp.Reply
 	for _, h := range hosts {
-		addrs, err := t.Resolver.LookupNetIP(ctx, "ip", h)
+		addrs, err := t.addresses(ctx, h)
 		if err != nil {
 			last = smtp.Replyf(451, smtp.EnhancedCode{4, 4, 3}, "Cannot resolve mail exchanger %s", h).WithErr(err)
 			continue
 		}
 		for _, a := range addrs {
-			res, err := t.deliverTo(ctx, a, h, msg, rcpts)
+			res, err := t.deliverTo(ctx, a, port, h, msg, rcpts)
 			if err == nil {
 				return res, nil
 			}
@@ -112,6 +122,14 @@ func (t *Transport) exchangers(ctx context.Context, domain string) ([]string, *s
 	return []string{domain}, nil
 }
 
+// addresses resolves a host; an IP literal is its own address.
+func (t *Transport) addresses(ctx context.Context, host string) ([]netip.Addr, error) {
+	if a, err := netip.ParseAddr(strings.TrimPrefix(host, "IPv6:")); err == nil {
+		return []netip.Addr{a}, nil
+	}
+	return t.Resolver.LookupNetIP(ctx, "ip", host)
+}
+
 func (t *Transport) dial(ctx context.Context, addr string) (net.Conn, error) {
 	if t.Dialer != nil {
 		return t.Dialer.DialContext(ctx, "tcp", addr)
@@ -123,11 +141,7 @@ func (t *Transport) dial(ctx context.Context, addr string) (net.Conn, error) {
 // deliverTo runs one SMTP transaction with one server. A nil reply means the transaction ran
 // and res holds each recipient's outcome; a reply means this server could not take the message
 // at all (try the next one if it is temporary).
-func (t *Transport) deliverTo(ctx context.Context, ip netip.Addr, host string, msg *transport.Message, rcpts []mail.Recipient) ([]transport.Result, *smtp.Reply) {
-	port := t.Port
-	if port == 0 {
-		port = 25
-	}
+func (t *Transport) deliverTo(ctx context.Context, ip netip.Addr, port int, host string, msg *transport.Message, rcpts []mail.Recipient) ([]transport.Result, *smtp.Reply) {
 	conn, err := t.dial(ctx, net.JoinHostPort(ip.String(), strconv.Itoa(port)))
 	if err != nil {
 		return nil, smtp.Replyf(451, smtp.EnhancedCode{4, 4, 1}, "Cannot connect to %s [%s]", host, ip).WithErr(err)

@@ -191,3 +191,19 @@ func TestDestinationErrors(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestRelayHostNextHop: a bracketed next hop (relay host or transport map) skips MX lookup.
+func TestRelayHostNextHop(t *testing.T) {
+	p, port := startPeer(t, "127.0.0.1", false)
+	tr := &Transport{Resolver: &dnstest.Zone{}, Hostname: "mx.example.test", Port: 1}
+	rc := []mail.Recipient{{Addr: "x@anywhere.test", Route: mail.Route{Transport: "remote", NextHop: "[127.0.0.1]:" + strconv.Itoa(port)}}}
+	res, err := tr.Deliver(context.Background(), message("Subject: x\r\n\r\ny\r\n"), rc)
+	if err != nil || res[0].Reply != nil || res[0].RemoteMTA != "127.0.0.1" {
+		t.Fatalf("%v %+v", err, res)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.got["x@anywhere.test"]; !ok {
+		t.Fatal("relay host did not get the message")
+	}
+}
