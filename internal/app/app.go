@@ -59,6 +59,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		Dir:            cfg.Path("queue"),
 		RetryIntervals: durations(cfg.Queue.RetryIntervals),
 		MaxAge:         cfg.Queue.MaxAge.D(),
+		DelayWarning:   cfg.Queue.DelayWarning.D(),
 		Workers:        cfg.Queue.DeliveryWorkers,
 		Transports: []transport.Transport{local, &remote.Transport{
 			Resolver: dns.System(cfg.Outbound.DNSServers), Hostname: cfg.Hostname, Port: cfg.Outbound.Port,

@@ -50,9 +50,13 @@ func (bo *Bouncer) Bounce(ctx context.Context, b *queue.Bounce) error {
 		log.Info("bounce suppressed: the message came from the null sender")
 		return nil
 	}
+	kind, action := "FAILURE", "failed"
+	if b.Delayed {
+		kind, action = "DELAY", "delayed"
+	}
 	var rcpts []dsn.Recipient
 	for _, f := range b.Failed {
-		if !dsn.Wanted(f.Notify, "FAILURE") {
+		if !dsn.Wanted(f.Notify, kind) {
 			continue
 		}
 		orig := f.ORCPT
@@ -60,12 +64,12 @@ func (bo *Bouncer) Bounce(ctx context.Context, b *queue.Bounce) error {
 			orig = "rfc822;" + f.Orig
 		}
 		rcpts = append(rcpts, dsn.Recipient{
-			Final: f.Addr, Original: orig, Action: "failed", Status: statusOf(f.LastError),
+			Final: f.Addr, Original: orig, Action: action, Status: statusOf(f.LastError, b.Delayed),
 			Diagnostic: f.LastError, RemoteMTA: f.RemoteMTA, LastAttempt: f.LastAttempt,
 		})
 	}
 	if len(rcpts) == 0 {
-		log.Info("bounce suppressed: NOTIFY does not ask for failure reports")
+		log.Info("DSN suppressed: NOTIFY does not ask for it", "kind", kind)
 		return nil
 	}
 	sender, _, err := smtp.ParsePath("<"+env.From+">", true)
@@ -110,16 +114,24 @@ func (bo *Bouncer) Bounce(ctx context.Context, b *queue.Bounce) error {
 	for i, r := range rcpts {
 		addrs[i] = r.Final
 	}
-	log.Info("bounced", "dsn_id", dsnEnv.ID, "failed", strings.Join(addrs, ","))
+	if b.Delayed {
+		log.Info("delay warning sent", "dsn_id", dsnEnv.ID, "delayed", strings.Join(addrs, ","))
+	} else {
+		log.Info("bounced", "dsn_id", dsnEnv.ID, "failed", strings.Join(addrs, ","))
+	}
 	return nil
 }
 
-// statusOf takes the enhanced code out of a stored reply line ("550 5.1.1 text"), or makes a
-// generic permanent one.
-func statusOf(line string) string {
+// statusOf takes the enhanced code out of a stored reply line ("550 5.1.1 text") with the class
+// the report needs: 5 for failures, 4 for delays.
+func statusOf(line string, delayed bool) string {
+	class := "5"
+	if delayed {
+		class = "4"
+	}
 	f := strings.Fields(line)
 	if len(f) >= 2 && strings.Count(f[1], ".") == 2 && (f[1][0] == '5' || f[1][0] == '4') {
-		return "5" + f[1][1:]
+		return class + f[1][1:]
 	}
-	return "5.0.0"
+	return class + ".0.0"
 }

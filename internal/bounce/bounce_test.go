@@ -72,3 +72,28 @@ func TestWhoGetsADSN(t *testing.T) {
 		})
 	}
 }
+
+func TestDelayNotice(t *testing.T) {
+	sp, _ := spool.New(t.TempDir(), nil)
+	rt := router.New(config.Local{Domains: []string{"example.test"}, Mailboxes: []string{"alice@example.test"}, Transport: "maildir"}, config.Outbound{})
+	in := &fakeIntake{sp: sp}
+	bo := &Bouncer{Hostname: "mx.example.test", Router: rt, Intake: in, Logger: slog.New(slog.DiscardHandler), Now: time.Now}
+	open := func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("Subject: x\r\n\r\nbody\r\n")), nil }
+	b := &queue.Bounce{Env: &mail.Envelope{ID: "Q1", From: "alice@example.test"}, Delayed: true, Open: open,
+		Failed: []queue.Failed{{Recipient: mail.Recipient{Addr: "bob@remote.test"}, LastError: "451 4.4.1 no answer"}}}
+	if err := bo.Bounce(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	if len(in.msgs) != 1 || !strings.Contains(in.msgs[0], "Action: delayed") || !strings.Contains(in.msgs[0], "Status: 4.4.1") ||
+		!strings.Contains(in.msgs[0], "Subject: Delayed Mail") {
+		t.Fatalf("%q", in.msgs)
+	}
+	// NOTIFY=FAILURE only: no delay notice.
+	in2 := &fakeIntake{sp: sp}
+	bo.Intake = in2
+	b.Failed[0].Notify = "FAILURE"
+	bo.Bounce(context.Background(), b)
+	if len(in2.msgs) != 0 {
+		t.Fatal("delay notice sent although NOTIFY did not ask for DELAY")
+	}
+}

@@ -51,6 +51,7 @@ type TLS struct {
 type Queue struct {
 	RetryIntervals  []Duration `toml:"retry_intervals"`
 	MaxAge          Duration   `toml:"max_age"`
+	DelayWarning    Duration   `toml:"delay_warning"`
 	DeliveryWorkers int        `toml:"delivery_workers"`
 }
 
@@ -107,6 +108,7 @@ func Default() *Config {
 				Duration(30 * time.Minute), Duration(time.Hour), Duration(2 * time.Hour), Duration(4 * time.Hour),
 			},
 			MaxAge:          Duration(5 * 24 * time.Hour),
+			DelayWarning:    Duration(4 * time.Hour),
 			DeliveryWorkers: 64,
 		},
 		Local: Local{

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS rcpt (
 	next_attempt INTEGER NOT NULL, -- unix microseconds
 	last_error   TEXT NOT NULL DEFAULT '',
 	remote_mta   TEXT NOT NULL DEFAULT '', -- who gave last_error, for the DSN's Remote-MTA
+	warned       INTEGER NOT NULL DEFAULT 0, -- a delay DSN was sent
 	PRIMARY KEY (msg_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rcpt_due ON rcpt (state, next_attempt);

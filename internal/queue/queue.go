@@ -46,6 +46,9 @@ type Options struct {
 	// them failed; on success the message is removed. When nil, such messages are kept (state 2)
 	// with their reasons.
 	Bounce func(ctx context.Context, b *Bounce) error
+	// DelayWarning is how long a recipient may stay undelivered (with at least one failed
+	// attempt) before Bounce is called with Delayed set, once; 0 disables delay warnings.
+	DelayWarning time.Duration
 	// AttemptLatency, when set, is told how long each delivery attempt took and its transport.
 	AttemptLatency func(transport string, d time.Duration)
 	// Jitter returns the random extra delay added to a retry interval; nil for up to 10%.

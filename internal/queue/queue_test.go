@@ -384,3 +384,62 @@ func TestList(t *testing.T) {
 		t.Fatalf("%+v", es)
 	}
 }
+
+// TestDelayWarningAndBounce: a recipient still failing after DelayWarning gets one delay notice
+// (and the message stays), and one that fails for good gets a bounce after which the message
+// leaves the queue.
+func TestDelayWarningAndBounce(t *testing.T) {
+	f := &fixture{t: t, dir: t.TempDir(), rec: &transporttest.Recorder{}, clk: &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
+	var mu sync.Mutex
+	var calls []*Bounce
+	q, err := Open(Options{Dir: f.dir, Transports: []transport.Transport{f.rec}, Now: f.clk.Now,
+		RetryIntervals: []time.Duration{time.Minute}, MaxAge: 10 * time.Hour, DelayWarning: 4 * time.Hour,
+		ScanInterval: time.Hour, Jitter: func(time.Duration) time.Duration { return 0 },
+		Bounce: func(_ context.Context, b *Bounce) error {
+			mu.Lock()
+			defer mu.Unlock()
+			calls = append(calls, b)
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Start()
+	f.q = q
+	t.Cleanup(func() { q.Close(context.Background()) })
+	f.rec.SetFail("slow@x.test", smtp.NewReply(451, smtp.EnhancedCode{4, 4, 1}, "no answer"))
+	id, _ := f.accept("slow@x.test")
+	f.waitAttempts(1)
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(calls) }
+	f.q.RunDue(context.Background())
+	if count() != 0 {
+		t.Fatal("delay warning before DelayWarning")
+	}
+	f.clk.Add(4*time.Hour + time.Minute)
+	f.q.RunDue(context.Background())
+	f.waitAttempts(2)
+	f.q.RunDue(context.Background())
+	if count() != 1 || !calls[0].Delayed || calls[0].Env.ID != id || calls[0].Failed[0].LastError != "451 4.4.1 no answer" {
+		t.Fatalf("calls: %d %+v", count(), calls)
+	}
+	if f.count("msg") != 1 {
+		t.Fatal("a delayed message must stay queued")
+	}
+	// Give up: past MaxAge the recipient fails, and the bounce removes the message.
+	f.clk.Add(6 * time.Hour)
+	f.q.RunDue(context.Background())
+	f.waitAttempts(3)
+	f.q.RunDue(context.Background())
+	// The scheduler, kicked by the failure, may be the one that bounces: wait for it.
+	for end := time.Now().Add(5 * time.Second); f.count("msg") != 0 && time.Now().Before(end); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(calls) != 2 || calls[1].Delayed || !strings.Contains(calls[1].Failed[0].LastError, "5.4.7") {
+		t.Fatalf("final bounce: %d %+v", len(calls), calls[len(calls)-1])
+	}
+	if f.count("msg") != 0 || f.count("rcpt") != 0 || f.count("body") != 0 {
+		t.Fatal("bounced message left in the queue")
+	}
+}
