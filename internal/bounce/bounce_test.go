@@ -78,7 +78,9 @@ func TestDelayNotice(t *testing.T) {
 	rt := router.New(config.Local{Domains: []string{"example.test"}, Mailboxes: []string{"alice@example.test"}, Transport: "maildir"}, config.Outbound{})
 	in := &fakeIntake{sp: sp}
 	bo := &Bouncer{Hostname: "mx.example.test", Router: rt, Intake: in, Logger: slog.New(slog.DiscardHandler), Now: time.Now}
-	open := func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("Subject: x\r\n\r\nbody\r\n")), nil }
+	open := func() (io.ReadCloser, error) {
+		return io.NopCloser(strings.NewReader("Subject: x\r\n\r\nbody\r\n")), nil
+	}
 	b := &queue.Bounce{Env: &mail.Envelope{ID: "Q1", From: "alice@example.test"}, Delayed: true, Open: open,
 		Failed: []queue.Failed{{Recipient: mail.Recipient{Addr: "bob@remote.test"}, LastError: "451 4.4.1 no answer"}}}
 	if err := bo.Bounce(context.Background(), b); err != nil {
