@@ -13,7 +13,14 @@ while IFS= read -r line; do
 	echo "fuzz: $pkg $name (${secs}s)"
 	if ! go test -run='^$' -fuzz="^${name}\$" -fuzztime="${secs}s" "$pkg" >/tmp/fuzz-$$.log 2>&1; then
 		cat /tmp/fuzz-$$.log
-		status=1
+		# A finding always leaves its input in testdata/fuzz. A run that ends only with the
+		# engine's "context deadline exceeded" (a worker still busy when the time is up, seen
+		# on a loaded 2-core machine) found nothing: say so, do not fail the build on it.
+		if grep -q 'Failing input written' /tmp/fuzz-$$.log || ! grep -q 'context deadline exceeded' /tmp/fuzz-$$.log; then
+			status=1
+		else
+			echo "fuzz: WARNING: $name stopped by the engine's deadline without a finding"
+		fi
 	fi
 done < <(grep -rn --include='*_test.go' -E '^func Fuzz[A-Za-z0-9_]*\(f \*testing\.F\)' internal cmd | sed -E 's/^([^:]*):[0-9]+:/\1:/')
 rm -f /tmp/fuzz-$$.log

@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 )
 
 // refDot is the obvious line-based reading of RFC 5321 DATA, used as the oracle for readDot.
@@ -31,7 +32,14 @@ func checkReadDot(t *testing.T, in string, bufSize int) {
 	r := bufio.NewReaderSize(strings.NewReader(in), bufSize)
 	var out bytes.Buffer
 	sink := &dataSink{w: &out, max: 1 << 30}
-	err := readDot(r, sink)
+	var err error
+	done := make(chan struct{})
+	go func() { err = readDot(r, sink); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatalf("readDot hangs on %q (buffer %d)", in, bufSize)
+	}
 	want, bad, ended, rest := refDot(in)
 	if !ended {
 		if err == nil {
