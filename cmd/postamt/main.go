@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -146,6 +147,8 @@ func startCPUProfile(path string) (func(), error) {
 func queueCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "queue", Short: "Inspect the mail queue"}
 	var file string
+	var f queue.Filter
+	var asJSON bool
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List recipients waiting for delivery or failed, with the reason (works beside a running server)",
@@ -155,9 +158,23 @@ func queueCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			es, err := queue.List(cmd.Context(), cfg.Path("queue"))
+			all, err := queue.List(cmd.Context(), cfg.Path("queue"))
 			if err != nil {
 				return err
+			}
+			es := all[:0]
+			for _, e := range all {
+				if f.Match(e) {
+					es = append(es, e)
+				}
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if es == nil {
+					es = []queue.Entry{}
+				}
+				return enc.Encode(es)
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "ID\tRECEIVED\tSIZE\tFROM\tTO\tSTATE\tATTEMPTS\tNEXT\tLAST ERROR")
@@ -179,6 +196,12 @@ func queueCmd() *cobra.Command {
 		},
 	}
 	list.Flags().StringVarP(&file, "config", "c", "", "configuration file (for data_dir)")
+	list.Flags().StringVar(&f.ID, "id", "", "only this queue ID")
+	list.Flags().StringVar(&f.From, "from", "", "only this sender")
+	list.Flags().StringVar(&f.To, "to", "", "only this recipient")
+	list.Flags().StringVar(&f.Domain, "domain", "", "only recipients in this domain")
+	list.Flags().StringVar(&f.State, "state", "", "only pending or failed")
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.AddCommand(list)
 	return cmd
 }

@@ -7,21 +7,44 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
 // Entry is one recipient in the queue, as `postamt queue list` shows it.
 type Entry struct {
-	ID          string
-	From        string
-	Received    time.Time
-	Size        int64
-	Rcpt        string
-	Transport   string
-	State       string // pending, failed
-	Attempts    int
-	NextAttempt time.Time // zero when not scheduled
-	LastError   string
+	ID          string    `json:"id"`
+	From        string    `json:"from"`
+	Received    time.Time `json:"received"`
+	Size        int64     `json:"size"`
+	Rcpt        string    `json:"rcpt"`
+	Transport   string    `json:"transport"`
+	State       string    `json:"state"` // pending, failed
+	Attempts    int       `json:"attempts"`
+	NextAttempt time.Time `json:"next_attempt,omitzero"` // zero when not scheduled
+	LastError   string    `json:"last_error,omitempty"`
+}
+
+// Filter selects entries; empty fields match everything. Address fields match
+// case-insensitively, Domain against the recipient's domain.
+type Filter struct {
+	ID, From, To, Domain, State string
+}
+
+// Match reports whether e passes the filter.
+func (f Filter) Match(e Entry) bool {
+	eq := strings.EqualFold
+	switch {
+	case f.ID != "" && f.ID != e.ID,
+		f.From != "" && !eq(f.From, e.From),
+		f.To != "" && !eq(f.To, e.Rcpt),
+		f.State != "" && f.State != e.State:
+		return false
+	case f.Domain != "":
+		_, d, _ := strings.Cut(e.Rcpt, "@")
+		return eq(d, f.Domain)
+	}
+	return true
 }
 
 // List reads the queue in dir without opening it for writing, so it works beside a running

@@ -383,6 +383,23 @@ func TestList(t *testing.T) {
 		es[1].Rcpt != "b@x.test" || es[1].State != "failed" || es[1].LastError != "550 5.1.1 no such user" {
 		t.Fatalf("%+v", es)
 	}
+	for _, tt := range []struct {
+		f    Filter
+		want int
+	}{
+		{Filter{}, 2}, {Filter{State: "failed"}, 1}, {Filter{To: "A@x.test"}, 1}, {Filter{Domain: "x.test"}, 2},
+		{Filter{Domain: "y.test"}, 0}, {Filter{ID: id, State: "pending"}, 1}, {Filter{From: "nobody@else.test"}, 0},
+	} {
+		n := 0
+		for _, e := range es {
+			if tt.f.Match(e) {
+				n++
+			}
+		}
+		if n != tt.want {
+			t.Errorf("%+v matched %d, want %d", tt.f, n, tt.want)
+		}
+	}
 }
 
 // TestDelayWarningAndBounce: a recipient still failing after DelayWarning gets one delay notice
