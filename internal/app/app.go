@@ -54,13 +54,14 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 	rt := router.New(cfg.Local, cfg.Outbound)
 	bouncer := &bounce.Bouncer{Hostname: cfg.Hostname, Router: rt, Logger: log, Now: time.Now}
 	q, err := queue.Open(queue.Options{
-		Bounce:         bouncer.Bounce,
-		AttemptLatency: hist.Attempt,
-		Dir:            cfg.Path("queue"),
-		RetryIntervals: durations(cfg.Queue.RetryIntervals),
-		MaxAge:         cfg.Queue.MaxAge.D(),
-		DelayWarning:   cfg.Queue.DelayWarning.D(),
-		Workers:        cfg.Queue.DeliveryWorkers,
+		Bounce:           bouncer.Bounce,
+		AttemptLatency:   hist.Attempt,
+		Dir:              cfg.Path("queue"),
+		RetryIntervals:   durations(cfg.Queue.RetryIntervals),
+		MaxAge:           cfg.Queue.MaxAge.D(),
+		DelayWarning:     cfg.Queue.DelayWarning.D(),
+		DestinationLimit: cfg.Outbound.DestinationLimit,
+		Workers:          cfg.Queue.DeliveryWorkers,
 		Transports: []transport.Transport{local, &remote.Transport{
 			Resolver: dns.System(cfg.Outbound.DNSServers), Hostname: cfg.Hostname, Port: cfg.Outbound.Port,
 		}},

@@ -73,6 +73,8 @@ type Outbound struct {
 	DNSServers []string `toml:"dns_servers"` // "ip:port" resolvers; empty: the system's
 	// RelayHost sends all mail for other domains to one server ("[host]:port", no MX lookup).
 	RelayHost string `toml:"relay_host"`
+	// DestinationLimit caps simultaneous deliveries to one domain or relay host.
+	DestinationLimit int `toml:"destination_limit"`
 	// Transports maps a domain to the server that takes its mail ("[host]:port").
 	Transports map[string]string `toml:"transports"`
 }
@@ -119,7 +121,7 @@ func Default() *Config {
 			MaildirRoot:   "mail",
 			LMTPAddress:   "127.0.0.1:24",
 		},
-		Outbound: Outbound{Port: 25},
+		Outbound: Outbound{Port: 25, DestinationLimit: 20},
 		Metrics:  Metrics{Listen: ""},
 	}
 }

@@ -25,6 +25,7 @@ func (c *Config) Validate() error {
 	for _, s := range c.Outbound.DNSServers {
 		v.hostPort("outbound.dns_servers", s)
 	}
+	v.atLeast("outbound.destination_limit", c.Outbound.DestinationLimit, 1)
 	if c.Outbound.RelayHost != "" {
 		v.nextHop("outbound.relay_host", c.Outbound.RelayHost)
 	}

@@ -70,6 +70,13 @@ func (q *Queue) dispatch(env *mail.Envelope, mem *memBody, idx, attempts []int, 
 	}
 	block := readSeq >= 0
 	for _, j := range order {
+		if !q.claim(j.route) {
+			// The destination has as many deliveries running as it may; the recipients stay
+			// pending and are picked up when one of them finishes.
+			j.mem.done()
+			q.release(j)
+			continue
+		}
 		if block {
 			select {
 			case q.work <- j:
@@ -83,8 +90,45 @@ func (q *Queue) dispatch(env *mail.Envelope, mem *memBody, idx, attempts []int, 
 			default:
 			}
 		}
+		q.unclaim(j.route)
 		j.mem.done()
 		q.release(j)
+	}
+}
+
+// limited reports routes whose concurrency is capped: remote destinations, where many parallel
+// connections would look like an attack to the receiving server. Local transports batch or
+// pipeline themselves.
+func limited(r mail.Route) bool { return r.Transport == "remote" }
+
+// claim takes one of the route's delivery slots.
+func (q *Queue) claim(r mail.Route) bool {
+	if !limited(r) {
+		return true
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.active[r] >= q.opts.DestinationLimit {
+		q.turnedAway.Store(true)
+		return false
+	}
+	q.active[r]++
+	return true
+}
+
+// unclaim gives the slot back and, if recipients were turned away meanwhile, has the scheduler
+// look again.
+func (q *Queue) unclaim(r mail.Route) {
+	if !limited(r) {
+		return
+	}
+	q.mu.Lock()
+	if q.active[r]--; q.active[r] <= 0 {
+		delete(q.active, r)
+	}
+	q.mu.Unlock()
+	if q.turnedAway.Swap(false) {
+		q.Kick()
 	}
 }
 
@@ -118,6 +162,7 @@ func (q *Queue) worker() {
 		select {
 		case j := <-q.work:
 			q.attempt(j)
+			q.unclaim(j.route)
 		case <-q.stop:
 			return
 		}

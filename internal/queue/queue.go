@@ -34,6 +34,9 @@ type Options struct {
 	RetryIntervals []time.Duration
 	MaxAge         time.Duration
 	Workers        int
+	// DestinationLimit caps simultaneous deliveries to one remote destination (domain or relay
+	// host); 0 means 20, Postfix's default_destination_concurrency_limit.
+	DestinationLimit int
 	// AttemptTimeout bounds one delivery attempt.
 	AttemptTimeout time.Duration
 	// ScanInterval is how often the scheduler looks for due retries.
@@ -70,19 +73,21 @@ type Queue struct {
 	commitDone chan struct{}
 	batchBuf   []*op
 
-	work      chan *job
-	mu        sync.Mutex
-	inflight  map[string]int64 // rcptKey → busy, or a tombstone (see release)
-	commitSeq atomic.Int64     // transactions committed so far
-	wg        sync.WaitGroup
-	stop      chan struct{}
-	kick      chan struct{}
-	ctx       context.Context
-	cancel    context.CancelFunc
-	closed    atomic.Bool
-	memBytes  atomic.Int64 // inline bodies held in memory for their first attempt
-	bounceMu  sync.Mutex   // one bounce scan at a time, so no DSN is sent twice
-	acceptMu  sync.RWMutex
+	work       chan *job
+	mu         sync.Mutex
+	inflight   map[string]int64   // rcptKey → busy, or a tombstone (see release)
+	active     map[mail.Route]int // deliveries running per limited route
+	turnedAway atomic.Bool        // a job waited for a slot since the last unclaim
+	commitSeq  atomic.Int64       // transactions committed so far
+	wg         sync.WaitGroup
+	stop       chan struct{}
+	kick       chan struct{}
+	ctx        context.Context
+	cancel     context.CancelFunc
+	closed     atomic.Bool
+	memBytes   atomic.Int64 // inline bodies held in memory for their first attempt
+	bounceMu   sync.Mutex   // one bounce scan at a time, so no DSN is sent twice
+	acceptMu   sync.RWMutex
 
 	metrics Metrics
 }
@@ -110,6 +115,9 @@ func Open(opts Options) (*Queue, error) {
 	}
 	if opts.Workers == 0 {
 		opts.Workers = 64
+	}
+	if opts.DestinationLimit <= 0 {
+		opts.DestinationLimit = 20
 	}
 	if opts.AttemptTimeout == 0 {
 		opts.AttemptTimeout = 10 * time.Minute
@@ -149,6 +157,7 @@ func Open(opts Options) (*Queue, error) {
 		stop:       make(chan struct{}),
 		kick:       make(chan struct{}, 1),
 		inflight:   map[string]int64{},
+		active:     map[mail.Route]int{},
 	}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	for _, t := range opts.Transports {

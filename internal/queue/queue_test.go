@@ -460,3 +460,59 @@ func TestDelayWarningAndBounce(t *testing.T) {
 		t.Fatal("bounced message left in the queue")
 	}
 }
+
+// slowRemote counts how many deliveries run at once.
+type slowRemote struct {
+	mu        sync.Mutex
+	now, peak int
+	delivered int
+}
+
+func (s *slowRemote) Name() string { return "remote" }
+func (s *slowRemote) Deliver(ctx context.Context, msg *transport.Message, rcpts []mail.Recipient) ([]transport.Result, error) {
+	s.mu.Lock()
+	s.now++
+	s.peak = max(s.peak, s.now)
+	s.mu.Unlock()
+	time.Sleep(20 * time.Millisecond)
+	s.mu.Lock()
+	s.now--
+	s.delivered += len(rcpts)
+	s.mu.Unlock()
+	return make([]transport.Result, len(rcpts)), nil
+}
+
+// TestDestinationLimit: a backlog for one remote destination never has more than
+// DestinationLimit deliveries in flight, and still drains completely.
+func TestDestinationLimit(t *testing.T) {
+	sr := &slowRemote{}
+	q, err := Open(Options{Dir: t.TempDir(), Transports: []transport.Transport{sr}, DestinationLimit: 3, Workers: 16,
+		ScanInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Start()
+	defer q.Close(context.Background())
+	const n = 30
+	for i := 0; i < n; i++ {
+		w, _ := q.Create()
+		w.WriteString("Subject: x\r\n\r\ny\r\n")
+		env := &mail.Envelope{From: "a@b.test", Rcpts: []mail.Recipient{{Addr: "u@far.test", Route: mail.Route{Transport: "remote", NextHop: "far.test"}}}}
+		if err := q.Accept(context.Background(), env, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		sr.mu.Lock()
+		d := sr.delivered
+		sr.mu.Unlock()
+		if d == n {
+			break
+		}
+	}
+	sr.mu.Lock()
+	defer sr.mu.Unlock()
+	if sr.delivered != n || sr.peak > 3 || sr.peak < 2 {
+		t.Fatalf("delivered %d of %d, peak concurrency %d (limit 3)", sr.delivered, n, sr.peak)
+	}
+}
