@@ -31,29 +31,16 @@ type Bounce struct {
 }
 
 // bounceDue hands finished messages with failed recipients to Options.Bounce and then removes
-// them. A Bounce error other than ErrNoBounce keeps the message for the next scan.
+// them. A Bounce error keeps the message for the next scan.
 func (q *Queue) bounceDue(ctx context.Context) error {
 	if q.opts.Bounce == nil || !q.bounceMu.TryLock() {
 		return nil // not configured, or another scan is bouncing right now
 	}
 	defer q.bounceMu.Unlock()
-	rows, err := q.rdb.QueryContext(ctx, `SELECT id, sender, size, received, smtputf8, body, ret, envid, client, helo, inline
-		FROM msg WHERE state = 2 LIMIT 100`)
+	envs, err := q.envelopes(ctx, `SELECT `+envColumns+` FROM msg m WHERE m.state = 2 LIMIT 100`)
 	if err != nil {
 		return fmt.Errorf("queue: bounce scan: %w", err)
 	}
-	var envs []*mail.Envelope
-	for rows.Next() {
-		e := &mail.Envelope{}
-		var received int64
-		if err := rows.Scan(&e.ID, &e.From, &e.Size, &received, &e.SMTPUTF8, &e.Body, &e.Ret, &e.EnvID, &e.Client, &e.Helo, &e.BodyInline); err != nil {
-			rows.Close()
-			return fmt.Errorf("queue: bounce scan: %w", err)
-		}
-		e.ReceivedAt = time.UnixMicro(received)
-		envs = append(envs, e)
-	}
-	rows.Close()
 	for _, e := range envs {
 		if err := q.bounceOne(ctx, e); err != nil {
 			q.log.Error("queue: cannot bounce; will retry", "id", e.ID, "err", err)
@@ -69,24 +56,11 @@ func (q *Queue) warnDelayed(ctx context.Context) error {
 		return nil
 	}
 	cutoff := q.opts.Now().Add(-q.opts.DelayWarning).UnixMicro()
-	rows, err := q.rdb.QueryContext(ctx, `SELECT DISTINCT m.id, m.sender, m.size, m.received, m.smtputf8, m.body, m.ret,
-		m.envid, m.client, m.helo, m.inline FROM rcpt r JOIN msg m ON m.id = r.msg_id
+	envs, err := q.envelopes(ctx, `SELECT DISTINCT `+envColumns+` FROM rcpt r JOIN msg m ON m.id = r.msg_id
 		WHERE r.state = 0 AND r.warned = 0 AND r.attempts > 0 AND m.received <= ? LIMIT 100`, cutoff)
 	if err != nil {
 		return fmt.Errorf("queue: delay scan: %w", err)
 	}
-	var envs []*mail.Envelope
-	for rows.Next() {
-		e := &mail.Envelope{}
-		var received int64
-		if err := rows.Scan(&e.ID, &e.From, &e.Size, &received, &e.SMTPUTF8, &e.Body, &e.Ret, &e.EnvID, &e.Client, &e.Helo, &e.BodyInline); err != nil {
-			rows.Close()
-			return fmt.Errorf("queue: delay scan: %w", err)
-		}
-		e.ReceivedAt = time.UnixMicro(received)
-		envs = append(envs, e)
-	}
-	rows.Close()
 	for _, e := range envs {
 		failed, err := q.recipients(ctx, e.ID, `state = 0 AND warned = 0 AND attempts > 0`)
 		if err != nil {
@@ -97,12 +71,10 @@ func (q *Queue) warnDelayed(ctx context.Context) error {
 			q.log.Error("queue: cannot send delay warning; will retry", "id", e.ID, "err", err)
 			continue
 		}
-		done := make(chan error, 1)
-		q.commitCh <- &op{apply: func(tx *sql.Tx) error {
+		if err := q.commit(func(tx *sql.Tx) error {
 			_, err := tx.Exec(`UPDATE rcpt SET warned = 1 WHERE msg_id = ? AND state = 0 AND attempts > 0`, e.ID)
 			return err
-		}, done: done}
-		if err := <-done; err != nil {
+		}, nil); err != nil {
 			return err
 		}
 	}
@@ -143,22 +115,47 @@ func (q *Queue) bounceOne(ctx context.Context, env *mail.Envelope) error {
 
 // remove deletes a finished message, its rows and its body.
 func (q *Queue) remove(env *mail.Envelope) error {
+	return q.commit(func(tx *sql.Tx) error {
+		for _, st := range []*sql.Stmt{q.stmts.delRcpts, q.stmts.delBody, q.stmts.delMsg} {
+			if _, err := tx.Stmt(st).Exec(env.ID); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, func() {
+		if !env.BodyInline {
+			q.spool.Remove(env.ID)
+		}
+	})
+}
+
+// commit runs apply through the group commit and waits until it is durable; after, if not nil,
+// runs once it is.
+func (q *Queue) commit(apply func(tx *sql.Tx) error, after func()) error {
 	done := make(chan error, 1)
-	q.commitCh <- &op{
-		apply: func(tx *sql.Tx) error {
-			for _, st := range []*sql.Stmt{q.stmts.delRcpts, q.stmts.delBody, q.stmts.delMsg} {
-				if _, err := tx.Stmt(st).Exec(env.ID); err != nil {
-					return err
-				}
-			}
-			return nil
-		},
-		after: func() {
-			if !env.BodyInline {
-				q.spool.Remove(env.ID)
-			}
-		},
-		done: done,
-	}
+	q.commitCh <- &op{apply: apply, after: after, done: done}
 	return <-done
+}
+
+// envColumns are the msg columns scanEnvelope reads, in its order (the table is aliased m).
+const envColumns = `m.id, m.sender, m.size, m.received, m.smtputf8, m.body, m.ret, m.envid, m.client, m.helo, m.inline`
+
+// envelopes runs a query selecting envColumns and returns the envelopes, recipients left empty.
+func (q *Queue) envelopes(ctx context.Context, query string, args ...any) ([]*mail.Envelope, error) {
+	rows, err := q.rdb.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var envs []*mail.Envelope
+	for rows.Next() {
+		e := &mail.Envelope{}
+		var received int64
+		if err := rows.Scan(&e.ID, &e.From, &e.Size, &received, &e.SMTPUTF8, &e.Body, &e.Ret, &e.EnvID, &e.Client, &e.Helo, &e.BodyInline); err != nil {
+			return nil, err
+		}
+		e.ReceivedAt = time.UnixMicro(received)
+		envs = append(envs, e)
+	}
+	return envs, rows.Err()
 }
