@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	gosmtp "github.com/emersion/go-smtp"
 	"io"
 	"log/slog"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/postamt/postamt/internal/config"
+	"github.com/postamt/postamt/internal/transport/lmtp/lmtptest"
 )
 
 // TestServeDeliverAndMetrics runs the whole wiring in-process: a client sends with net/smtp, the
@@ -107,11 +109,14 @@ func send(addr, from, to, msg string) error {
 }
 
 // TestBounceToLocalSender: a recipient that the mail store refuses for good is returned to the
-// (local) sender as a DSN in the sender's Maildir, and the failed message leaves the queue.
+// (local) sender as a DSN offered to the sender's store, and the failed message leaves the queue.
 func TestBounceToLocalSender(t *testing.T) {
 	dir := t.TempDir()
-	// An LMTP "store" that refuses every recipient permanently.
-	store := startRefusingLMTP(t)
+	// An LMTP store that refuses every message after DATA.
+	store := &lmtptest.Store{DataReply: func(string) *gosmtp.SMTPError {
+		return &gosmtp.SMTPError{Code: 550, EnhancedCode: gosmtp.EnhancedCode{5, 1, 1}, Message: "User unknown"}
+	}}
+	storeAddr := store.Start(t)
 	cfg, err := config.Parse("test.toml", []byte(`
 hostname = "mx.example.test"
 data_dir = "`+dir+`"
@@ -121,7 +126,7 @@ listen = ["127.0.0.1:0"]
 domains = ["example.test"]
 mailboxes = ["alice@example.test"]
 transport = "lmtp"
-lmtp_address = "`+store.String()+`"
+lmtp_address = "`+storeAddr+`"
 [local.aliases]
 "ghost@example.test" = ["alice@example.test"]
 `))
@@ -150,8 +155,12 @@ lmtp_address = "`+store.String()+`"
 	}
 	var dsnMsg string
 	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		if m := store.dsn(); m != "" {
-			dsnMsg = m
+		for _, m := range store.Offered() {
+			if m.From == "" && strings.Contains(m.Body, "delivery-status") {
+				dsnMsg = m.Body
+			}
+		}
+		if dsnMsg != "" {
 			break
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,70 +12,31 @@ import (
 
 	"github.com/postamt/postamt/internal/mail"
 	"github.com/postamt/postamt/internal/transport"
+	"github.com/postamt/postamt/internal/transport/lmtp/lmtptest"
 )
 
-// fakeStore is a scripted LMTP peer: it refuses "unknown" at RCPT and "full" after DATA.
-type fakeStore struct {
-	mu   sync.Mutex
-	got  map[string]string
-	from string
-}
-
-type fakeSession struct {
-	s     *fakeStore
-	rcpts []string
-}
-
-func (b *fakeStore) NewSession(*gosmtp.Conn) (gosmtp.Session, error) { return &fakeSession{s: b}, nil }
-
-func (s *fakeSession) Mail(from string, _ *gosmtp.MailOptions) error {
-	s.s.mu.Lock()
-	s.s.from = from
-	s.s.mu.Unlock()
-	return nil
-}
-
-func (s *fakeSession) Rcpt(to string, _ *gosmtp.RcptOptions) error {
-	if strings.HasPrefix(to, "unknown@") {
-		return &gosmtp.SMTPError{Code: 550, EnhancedCode: gosmtp.EnhancedCode{5, 1, 1}, Message: "User doesn't exist"}
+// scriptedStore refuses "unknown" at RCPT and "full" after DATA.
+func scriptedStore(t *testing.T) (*lmtptest.Store, string) {
+	store := &lmtptest.Store{
+		RcptReply: func(to string) *gosmtp.SMTPError {
+			if strings.HasPrefix(to, "unknown@") {
+				return &gosmtp.SMTPError{Code: 550, EnhancedCode: gosmtp.EnhancedCode{5, 1, 1}, Message: "User doesn't exist"}
+			}
+			return nil
+		},
+		DataReply: func(to string) *gosmtp.SMTPError {
+			if strings.HasPrefix(to, "full@") {
+				return &gosmtp.SMTPError{Code: 452, EnhancedCode: gosmtp.EnhancedCode{4, 2, 2}, Message: "Quota exceeded"}
+			}
+			return nil
+		},
 	}
-	s.rcpts = append(s.rcpts, to)
-	return nil
+	return store, store.Start(t)
 }
-
-func (s *fakeSession) Data(r io.Reader) error { return nil }
-
-func (s *fakeSession) LMTPData(r io.Reader, st gosmtp.StatusCollector) error {
-	b, _ := io.ReadAll(r)
-	for _, to := range s.rcpts {
-		if strings.HasPrefix(to, "full@") {
-			st.SetStatus(to, &gosmtp.SMTPError{Code: 452, EnhancedCode: gosmtp.EnhancedCode{4, 2, 2}, Message: "Quota exceeded"})
-			continue
-		}
-		s.s.mu.Lock()
-		s.s.got[to] = string(b)
-		s.s.mu.Unlock()
-		st.SetStatus(to, nil)
-	}
-	return nil
-}
-
-func (s *fakeSession) Reset()        {}
-func (s *fakeSession) Logout() error { return nil }
 
 func TestPerRecipientResults(t *testing.T) {
-	store := &fakeStore{got: map[string]string{}}
-	srv := gosmtp.NewServer(store)
-	srv.LMTP = true
-	srv.Domain = "store.test"
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	defer srv.Close()
-
-	tr := &Transport{Address: ln.Addr().String(), Hostname: "mx.test"}
+	store, addr := scriptedStore(t)
+	tr := &Transport{Address: addr, Hostname: "mx.test"}
 	body := "Subject: x\r\n\r\n.dot line\r\nbody\r\n"
 	msg := &transport.Message{ID: "Q", From: "s@remote.test", Open: func() (io.ReadCloser, error) {
 		return io.NopCloser(strings.NewReader(body)), nil
@@ -99,8 +59,9 @@ func TestPerRecipientResults(t *testing.T) {
 	if r := res[2].Reply; r == nil || r.Code != 452 || !r.Temporary() {
 		t.Fatalf("full: %v", r)
 	}
-	if store.got["ok@d.test"] != body || store.from != "s@remote.test" {
-		t.Fatalf("stored %q from %q", store.got["ok@d.test"], store.from)
+	got := store.Messages()
+	if len(got) != 2 || got[0].To != "ok@d.test" || got[0].Body != body || got[0].From != "s@remote.test" {
+		t.Fatalf("stored %+v", got)
 	}
 }
 
@@ -121,17 +82,8 @@ func TestUnreachable(t *testing.T) {
 // TestSMTPUTF8Downgrade: a store without SMTPUTF8 still gets ASCII-addressed mail whose client
 // declared SMTPUTF8, and refuses UTF-8 addresses permanently with 5.6.7.
 func TestSMTPUTF8Downgrade(t *testing.T) {
-	store := &fakeStore{got: map[string]string{}}
-	srv := gosmtp.NewServer(store)
-	srv.LMTP = true
-	srv.Domain = "store.test"
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	defer srv.Close()
-	tr := &Transport{Address: ln.Addr().String(), Hostname: "mx.test"}
+	_, addr := scriptedStore(t)
+	tr := &Transport{Address: addr, Hostname: "mx.test"}
 	msg := &transport.Message{ID: "Q", From: "s@remote.test", SMTPUTF8: true, Open: func() (io.ReadCloser, error) {
 		return io.NopCloser(strings.NewReader("Subject: x\r\n\r\nbody\r\n")), nil
 	}}
