@@ -52,10 +52,14 @@ func (q *Queue) bounceDue(ctx context.Context) error {
 // warnDelayed sends one delay DSN per message whose recipients have been retried for longer
 // than DelayWarning (mox sends its at about 2h; the issue asks for 4h by default).
 func (q *Queue) warnDelayed(ctx context.Context) error {
-	if q.opts.DelayWarning <= 0 {
+	// Hours-long thresholds need no per-second precision: scanning every pending recipient
+	// once a minute instead of every second keeps the scheduler cheap under a backlog.
+	now := q.opts.Now()
+	if q.opts.DelayWarning <= 0 || now.Sub(q.lastDelayScan) < time.Minute {
 		return nil
 	}
-	cutoff := q.opts.Now().Add(-q.opts.DelayWarning).UnixMicro()
+	q.lastDelayScan = now
+	cutoff := now.Add(-q.opts.DelayWarning).UnixMicro()
 	envs, err := q.envelopes(ctx, `SELECT DISTINCT `+envColumns+` FROM rcpt r JOIN msg m ON m.id = r.msg_id
 		WHERE r.state = 0 AND r.warned = 0 AND r.attempts > 0 AND m.received <= ? LIMIT 100`, cutoff)
 	if err != nil {

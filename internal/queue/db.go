@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS rcpt (
 	PRIMARY KEY (msg_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rcpt_due ON rcpt (state, next_attempt);
+-- The bounce scan runs every second; messages awaiting a bounce are rare, so index only them.
+CREATE INDEX IF NOT EXISTS msg_failed ON msg (state) WHERE state = 2;
 `
 
 // openDB opens the queue database. WAL with synchronous=FULL makes every commit durable

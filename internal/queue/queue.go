@@ -73,21 +73,22 @@ type Queue struct {
 	commitDone chan struct{}
 	batchBuf   []*op
 
-	work       chan *job
-	mu         sync.Mutex
-	inflight   map[string]int64   // rcptKey → busy, or a tombstone (see release)
-	active     map[mail.Route]int // deliveries running per limited route
-	turnedAway atomic.Bool        // a job waited for a slot since the last unclaim
-	commitSeq  atomic.Int64       // transactions committed so far
-	wg         sync.WaitGroup
-	stop       chan struct{}
-	kick       chan struct{}
-	ctx        context.Context
-	cancel     context.CancelFunc
-	closed     atomic.Bool
-	memBytes   atomic.Int64 // inline bodies held in memory for their first attempt
-	bounceMu   sync.Mutex   // one bounce scan at a time, so no DSN is sent twice
-	acceptMu   sync.RWMutex
+	work          chan *job
+	mu            sync.Mutex
+	inflight      map[string]int64   // rcptKey → busy, or a tombstone (see release)
+	active        map[mail.Route]int // deliveries running per limited route
+	turnedAway    atomic.Bool        // a job waited for a slot since the last unclaim
+	commitSeq     atomic.Int64       // transactions committed so far
+	wg            sync.WaitGroup
+	stop          chan struct{}
+	kick          chan struct{}
+	ctx           context.Context
+	cancel        context.CancelFunc
+	closed        atomic.Bool
+	memBytes      atomic.Int64 // inline bodies held in memory for their first attempt
+	bounceMu      sync.Mutex   // one bounce scan at a time, so no DSN is sent twice
+	lastDelayScan time.Time    // guarded by bounceMu
+	acceptMu      sync.RWMutex
 
 	metrics Metrics
 }
