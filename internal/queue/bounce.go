@@ -142,7 +142,7 @@ func (q *Queue) commit(apply func(tx *sql.Tx) error, after func()) error {
 }
 
 // envColumns are the msg columns scanEnvelope reads, in its order (the table is aliased m).
-const envColumns = `m.id, m.sender, m.size, m.received, m.smtputf8, m.body, m.ret, m.envid, m.client, m.helo, m.inline`
+const envColumns = `m.id, m.sender, m.size, m.received, m.smtputf8, m.body, m.ret, m.envid, m.client, m.helo, m.inline, m.prefix`
 
 // envelopes runs a query selecting envColumns and returns the envelopes, recipients left empty.
 func (q *Queue) envelopes(ctx context.Context, query string, args ...any) ([]*mail.Envelope, error) {
@@ -155,7 +155,7 @@ func (q *Queue) envelopes(ctx context.Context, query string, args ...any) ([]*ma
 	for rows.Next() {
 		e := &mail.Envelope{}
 		var received int64
-		if err := rows.Scan(&e.ID, &e.From, &e.Size, &received, &e.SMTPUTF8, &e.Body, &e.Ret, &e.EnvID, &e.Client, &e.Helo, &e.BodyInline); err != nil {
+		if err := rows.Scan(&e.ID, &e.From, &e.Size, &received, &e.SMTPUTF8, &e.Body, &e.Ret, &e.EnvID, &e.Client, &e.Helo, &e.BodyInline, &e.Prefix); err != nil {
 			return nil, err
 		}
 		e.ReceivedAt = time.UnixMicro(received)

@@ -138,7 +138,7 @@ func (q *Queue) insertOp(env *mail.Envelope, inline []byte) func(tx *sql.Tx) err
 	return func(tx *sql.Tx) error {
 		received := env.ReceivedAt.UnixMicro()
 		if _, err := tx.Stmt(q.stmts.insMsg).Exec(env.ID, env.From, env.Size, received, env.SMTPUTF8,
-			env.Body, env.Ret, env.EnvID, env.Client, env.Helo, env.BodyInline); err != nil {
+			env.Body, env.Ret, env.EnvID, env.Client, env.Helo, env.BodyInline, nonNil(env.Prefix)); err != nil {
 			return fmt.Errorf("queue: insert message %s: %w", env.ID, err)
 		}
 		if env.BodyInline {
@@ -171,7 +171,7 @@ func (s *stmts) prepare(db *sql.DB) error {
 		st, err = db.Prepare(q)
 		return st
 	}
-	s.insMsg = p(`INSERT INTO msg (id, sender, size, received, smtputf8, body, ret, envid, client, helo, inline) VALUES (?,?,?,?,?,?,?,?,?,?,?)`)
+	s.insMsg = p(`INSERT INTO msg (id, sender, size, received, smtputf8, body, ret, envid, client, helo, inline, prefix) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`)
 	s.insBody = p(`INSERT INTO body (id, data) VALUES (?,?)`)
 	s.delBody = p(`DELETE FROM body WHERE id = ?`)
 	s.insRcpt = p(`INSERT INTO rcpt (msg_id, idx, addr, orig, orcpt, notify, transport, next_hop, state, next_attempt) VALUES (?,?,?,?,?,?,?,?,?,?)`)
@@ -184,4 +184,12 @@ func (s *stmts) prepare(db *sql.DB) error {
 		return fmt.Errorf("queue: prepare: %w", err)
 	}
 	return nil
+}
+
+// nonNil keeps a NOT NULL blob column happy with an empty prefix.
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
 }

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS msg (
 	client   TEXT NOT NULL,
 	helo     TEXT NOT NULL,
 	inline   INTEGER NOT NULL, -- 1: the body is in the body table, 0: in a spool file
-	state    INTEGER NOT NULL DEFAULT 0 -- 0 active, 2 has failed recipients awaiting a bounce
+	state    INTEGER NOT NULL DEFAULT 0, -- 0 active, 2 has failed recipients awaiting a bounce
+	prefix   BLOB NOT NULL DEFAULT x'' -- header fields added after a spool-file body was written
 ) WITHOUT ROWID;
 -- Small bodies live here so that they reach stable storage with the rows, in the same WAL fsync.
 -- A rowid table: SQLite advises against WITHOUT ROWID for rows this large.
@@ -78,6 +79,10 @@ func openDB(path string) (w, r *sql.DB, err error) {
 		w.Close()
 		return nil, nil, fmt.Errorf("queue: schema: %w", err)
 	}
+	if err := migrate(w); err != nil {
+		w.Close()
+		return nil, nil, fmt.Errorf("queue: migrate %s: %w", path, err)
+	}
 	r, err = sql.Open("sqlite", "file:"+url.PathEscape(path)+"?_pragma=busy_timeout(10000)&mode=ro")
 	if err != nil {
 		w.Close()
@@ -95,4 +100,40 @@ func openCheckpointer(path string) (*sql.DB, error) {
 	}
 	c.SetMaxOpenConns(1)
 	return c, nil
+}
+
+// migrate brings a database made by an older version up to the current schema: CREATE TABLE IF
+// NOT EXISTS leaves existing tables alone, so columns added since are added here.
+func migrate(db *sql.DB) error {
+	has := func(table, column string) (bool, error) {
+		rows, err := db.Query(`SELECT name FROM pragma_table_info(?)`, table)
+		if err != nil {
+			return false, err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var name string
+			if err := rows.Scan(&name); err != nil {
+				return false, err
+			}
+			if name == column {
+				return true, nil
+			}
+		}
+		return false, rows.Err()
+	}
+	for _, c := range []struct{ table, column, ddl string }{
+		{"msg", "prefix", `ALTER TABLE msg ADD COLUMN prefix BLOB NOT NULL DEFAULT x''`},
+	} {
+		ok, err := has(c.table, c.column)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			if _, err := db.Exec(c.ddl); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

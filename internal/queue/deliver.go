@@ -387,7 +387,7 @@ func (q *Queue) RunDue(ctx context.Context) error {
 	}
 	readSeq := q.commitSeq.Load()
 	rows, err := q.rdb.QueryContext(ctx, `SELECT r.msg_id, r.idx, r.addr, r.orig, r.orcpt, r.notify, r.transport,
-		r.next_hop, r.attempts, m.sender, m.size, m.received, m.smtputf8, m.body, m.ret, m.envid, m.client, m.helo, m.inline
+		r.next_hop, r.attempts, m.sender, m.size, m.received, m.smtputf8, m.body, m.ret, m.envid, m.client, m.helo, m.inline, m.prefix
 		FROM rcpt r JOIN msg m ON m.id = r.msg_id
 		WHERE r.state = 0 AND r.next_attempt <= ? ORDER BY r.next_attempt LIMIT 5000`, q.opts.Now().UnixMicro())
 	if err != nil {
@@ -407,7 +407,7 @@ func (q *Queue) RunDue(ctx context.Context) error {
 		var received int64
 		env := &mail.Envelope{}
 		if err := rows.Scan(&id, &idx, &r.Addr, &r.Orig, &r.ORCPT, &r.Notify, &r.Route.Transport, &r.Route.NextHop,
-			&attempts, &env.From, &env.Size, &received, &env.SMTPUTF8, &env.Body, &env.Ret, &env.EnvID, &env.Client, &env.Helo, &env.BodyInline); err != nil {
+			&attempts, &env.From, &env.Size, &received, &env.SMTPUTF8, &env.Body, &env.Ret, &env.EnvID, &env.Client, &env.Helo, &env.BodyInline, &env.Prefix); err != nil {
 			rows.Close()
 			return fmt.Errorf("queue: scan: %w", err)
 		}

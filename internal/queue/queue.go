@@ -217,6 +217,7 @@ func (q *Queue) Accept(ctx context.Context, env *mail.Envelope, w *spool.Writer)
 	}
 	inline, isInline := w.Inline()
 	env.BodyInline = isInline
+	env.Prefix = w.Prefix()
 	var mem *memBody
 	if isInline && q.memBytes.Add(int64(cap(inline))) <= memBudget {
 		// The first delivery attempt reads the body from memory; it is released after. Past the
@@ -309,7 +310,14 @@ func (q *Queue) Close(ctx context.Context) error {
 // openBody opens a stored body for a delivery attempt.
 func (q *Queue) openBody(env *mail.Envelope) (io.ReadCloser, error) {
 	if !env.BodyInline {
-		return q.spool.Open(env.ID)
+		f, err := q.spool.Open(env.ID)
+		if err != nil || len(env.Prefix) == 0 {
+			return f, err
+		}
+		return struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(env.Prefix), f), f}, nil
 	}
 	var data []byte
 	if err := q.rdb.QueryRow(`SELECT data FROM body WHERE id = ?`, env.ID).Scan(&data); err != nil {

@@ -2,10 +2,12 @@ package queue
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -514,5 +516,34 @@ func TestDestinationLimit(t *testing.T) {
 	defer sr.mu.Unlock()
 	if sr.delivered != n || sr.peak > 3 || sr.peak < 2 {
 		t.Fatalf("delivered %d of %d, peak concurrency %d (limit 3)", sr.delivered, n, sr.peak)
+	}
+}
+
+// A database written before the prefix column existed opens, gains the column, and its
+// messages are still delivered.
+func TestMigrateAddsPrefix(t *testing.T) {
+	dir := t.TempDir()
+	db, err := sql.Open("sqlite", "file:"+dir+"/queue.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := regexp.MustCompile(`(?m)^\tprefix .*\n`).ReplaceAllString(schema, "")
+	old = strings.Replace(old, "DEFAULT 0, -- 0 active", "DEFAULT 0 -- 0 active", 1)
+	if old == schema {
+		t.Fatal("test does not know the schema any more")
+	}
+	if _, err := db.Exec(old); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	w, r, err := openDB(dir + "/queue.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	defer r.Close()
+	var n int
+	if err := w.QueryRow(`SELECT COUNT(*) FROM pragma_table_info('msg') WHERE name = 'prefix'`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("prefix column: %d, %v", n, err)
 	}
 }
