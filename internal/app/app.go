@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/postamt/postamt/internal/bounce"
@@ -35,6 +36,7 @@ type App struct {
 	log     *slog.Logger
 	addrs   []net.Addr
 	metrics *observe.MetricsServer
+	remote  *remote.Transport
 	errc    chan error
 }
 
@@ -50,6 +52,10 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 	default:
 		local = &maildir.Transport{Root: cfg.Path(cfg.Local.MaildirRoot), Hostname: cfg.Hostname}
 	}
+	out, err := outboundTransport(cfg)
+	if err != nil {
+		return nil, err
+	}
 	hist := observe.NewHistograms()
 	rt := router.New(cfg.Local, cfg.Outbound)
 	bouncer := &bounce.Bouncer{Hostname: cfg.Hostname, Router: rt, Logger: log, Now: time.Now}
@@ -61,11 +67,10 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		MaxAge:           cfg.Queue.MaxAge.D(),
 		DelayWarning:     cfg.Queue.DelayWarning.D(),
 		DestinationLimit: cfg.Outbound.DestinationLimit,
+		RemoteLimit:      cfg.Outbound.MaxConnections,
 		Workers:          cfg.Queue.DeliveryWorkers,
-		Transports: []transport.Transport{local, &remote.Transport{
-			Resolver: dns.System(cfg.Outbound.DNSServers), Hostname: cfg.Hostname, Port: cfg.Outbound.Port,
-		}},
-		Logger: log,
+		Transports:       []transport.Transport{local, out},
+		Logger:           log,
 	})
 	if err != nil {
 		return nil, err
@@ -91,7 +96,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		IDs:           observe.NewIDGen(nil),
 		CommitLatency: hist.Commit,
 	})
-	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, errc: make(chan error, len(l.Listen))}
+	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, remote: out, errc: make(chan error, len(l.Listen))}
 	var lns []net.Listener
 	for _, addr := range l.Listen {
 		ln, err := net.Listen("tcp", addr)
@@ -148,6 +153,7 @@ func (a *App) Shutdown(ctx context.Context) error {
 	if qerr := a.Queue.Close(qctx); err == nil {
 		err = qerr
 	}
+	a.remote.Close() // idle connections kept for reuse
 	a.log.Info("stopped")
 	return err
 }
@@ -195,4 +201,25 @@ func (a *App) counters() []observe.Counter {
 		{Name: "queue_recipients", Help: "Recipients in the queue by state.", Gauge: true, Labels: map[string]string{"state": "failed"}, Value: queueCount(func(_, f, _ int) int { return f })},
 		{Name: "queue_messages", Help: "Messages in the queue.", Gauge: true, Value: queueCount(func(_, _, m int) int { return m })},
 	}
+}
+
+// outboundTransport builds delivery to other domains from [outbound].
+func outboundTransport(cfg *config.Config) (*remote.Transport, error) {
+	o := cfg.Outbound
+	t := &remote.Transport{
+		Resolver: dns.System(o.DNSServers), Hostname: cfg.Hostname, Port: o.Port,
+		ReuseIdle: o.ConnectionReuse.D(),
+	}
+	if t.ReuseIdle == 0 {
+		t.ReuseIdle = -1 // "0s" in the file means no reuse
+	}
+	if o.RelayUsername != "" {
+		pw, err := os.ReadFile(o.RelayPasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("outbound.relay_password_file: %w", err)
+		}
+		pass, _, _ := strings.Cut(string(pw), "\n")
+		t.Auth = map[string]remote.Credentials{o.RelayHost: {Username: o.RelayUsername, Password: strings.TrimRight(pass, "\r")}}
+	}
+	return t, nil
 }

@@ -192,3 +192,27 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+func TestOutboundTransportFromConfig(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "relay.pw")
+	os.WriteFile(pw, []byte("s3cret\r\nignored second line\n"), 0o600)
+	cfg := config.Default()
+	cfg.Outbound.RelayHost = "[smtp.provider.test]:587"
+	cfg.Outbound.RelayUsername, cfg.Outbound.RelayPasswordFile = "me", pw
+	cfg.Outbound.ConnectionReuse = 0
+	tr, err := outboundTransport(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := tr.Auth["[smtp.provider.test]:587"]; c.Username != "me" || c.Password != "s3cret" {
+		t.Errorf("credentials %+v", c)
+	}
+	if tr.ReuseIdle >= 0 {
+		t.Errorf("connection_reuse 0s must disable reuse, got %v", tr.ReuseIdle)
+	}
+	cfg.Outbound.RelayPasswordFile = filepath.Join(dir, "missing")
+	if _, err := outboundTransport(cfg); err == nil || !strings.Contains(err.Error(), "relay_password_file") {
+		t.Errorf("missing password file: %v", err)
+	}
+}

@@ -75,6 +75,14 @@ type Outbound struct {
 	RelayHost string `toml:"relay_host"`
 	// DestinationLimit caps simultaneous deliveries to one domain or relay host.
 	DestinationLimit int `toml:"destination_limit"`
+	// MaxConnections caps simultaneous deliveries to all remote destinations together.
+	MaxConnections int `toml:"max_connections"`
+	// ConnectionReuse is how long a connection stays open for the next message to the same
+	// destination; 0 closes it after each message.
+	ConnectionReuse Duration `toml:"connection_reuse"`
+	// RelayUsername and RelayPasswordFile authenticate to relay_host (over TLS only).
+	RelayUsername     string `toml:"relay_username"`
+	RelayPasswordFile string `toml:"relay_password_file"`
 	// Transports maps a domain to the server that takes its mail ("[host]:port").
 	Transports map[string]string `toml:"transports"`
 }
@@ -121,7 +129,7 @@ func Default() *Config {
 			MaildirRoot:   "mail",
 			LMTPAddress:   "127.0.0.1:24",
 		},
-		Outbound: Outbound{Port: 25, DestinationLimit: 20},
+		Outbound: Outbound{Port: 25, DestinationLimit: 20, MaxConnections: 100, ConnectionReuse: Duration(5 * time.Second)},
 		Metrics:  Metrics{Listen: ""},
 	}
 }

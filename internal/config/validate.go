@@ -26,8 +26,19 @@ func (c *Config) Validate() error {
 		v.hostPort("outbound.dns_servers", s)
 	}
 	v.atLeast("outbound.destination_limit", c.Outbound.DestinationLimit, 1)
+	v.atLeast("outbound.max_connections", c.Outbound.MaxConnections, 1)
 	if c.Outbound.RelayHost != "" {
 		v.nextHop("outbound.relay_host", c.Outbound.RelayHost)
+	}
+	switch o := c.Outbound; {
+	case (o.RelayUsername == "") != (o.RelayPasswordFile == ""):
+		v.addf("outbound.relay_username", "relay_username and relay_password_file go together")
+	case o.RelayUsername != "" && o.RelayHost == "":
+		v.addf("outbound.relay_username", "is set but relay_host is empty")
+	case o.RelayPasswordFile != "":
+		if _, err := os.ReadFile(o.RelayPasswordFile); err != nil {
+			v.addf("outbound.relay_password_file", "cannot read: %v", err)
+		}
 	}
 	for _, d := range slices.Sorted(maps.Keys(c.Outbound.Transports)) {
 		v.nextHop("outbound.transports."+d, c.Outbound.Transports[d])

@@ -108,11 +108,12 @@ func (q *Queue) claim(r mail.Route) bool {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.active[r] >= q.opts.DestinationLimit {
+	if q.active[r] >= q.opts.DestinationLimit || q.activeRemote >= q.opts.RemoteLimit {
 		q.turnedAway.Store(true)
 		return false
 	}
 	q.active[r]++
+	q.activeRemote++
 	return true
 }
 
@@ -126,6 +127,7 @@ func (q *Queue) unclaim(r mail.Route) {
 	if q.active[r]--; q.active[r] <= 0 {
 		delete(q.active, r)
 	}
+	q.activeRemote--
 	q.mu.Unlock()
 	if q.turnedAway.Swap(false) {
 		q.Kick()
@@ -188,7 +190,7 @@ func (q *Queue) attempt(j *job) {
 	}
 	msg := &transport.Message{
 		ID: env.ID, From: env.From, Size: env.Size, ReceivedAt: env.ReceivedAt,
-		SMTPUTF8: env.SMTPUTF8, Body8Bit: env.Body == "8BITMIME",
+		SMTPUTF8: env.SMTPUTF8, Body8Bit: env.Body == "8BITMIME", Ret: env.Ret, EnvID: env.EnvID,
 		Open: func() (io.ReadCloser, error) {
 			if j.mem != nil {
 				return io.NopCloser(bytes.NewReader(j.mem.data)), nil
