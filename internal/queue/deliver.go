@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/postamt/postamt/internal/mail"
@@ -180,6 +181,7 @@ type outcome struct {
 	reply    *smtp.Reply
 	remote   string
 	tls      string
+	success  int // successDelivered or successRelayed when the sender asked for NOTIFY=SUCCESS
 }
 
 func (q *Queue) attempt(j *job) {
@@ -228,6 +230,14 @@ func (q *Queue) attempt(j *job) {
 		switch {
 		case o.reply == nil:
 			o.state = stateDelivered
+			if notifySuccess(rcpts[n].Notify) {
+				switch {
+				case err == nil && results[n].Relayed:
+					o.success = successRelayed
+				case j.route.Transport != "remote":
+					o.success = successDelivered
+				}
+			}
 		case o.reply.Permanent():
 			o.state = stateFailed
 		default:
@@ -305,7 +315,7 @@ func (q *Queue) record(j *job, outs []outcome) {
 				if !o.next.IsZero() {
 					next = o.next.UnixMicro()
 				}
-				if _, err := upd.Exec(o.state, o.attempts, next, errText, o.remote, id, o.idx); err != nil {
+				if _, err := upd.Exec(o.state, o.attempts, next, errText, o.remote, o.success, id, o.idx); err != nil {
 					return fmt.Errorf("queue: update %s/%d: %w", id, o.idx, err)
 				}
 			}
@@ -439,4 +449,14 @@ func (q *Queue) RunDue(ctx context.Context) error {
 	}
 	q.dropTombstones(readSeq)
 	return nil
+}
+
+// notifySuccess reports whether RFC 3461 NOTIFY asks for a success notice.
+func notifySuccess(notify string) bool {
+	for _, n := range strings.Split(notify, ",") {
+		if strings.EqualFold(n, "SUCCESS") {
+			return true
+		}
+	}
+	return false
 }
