@@ -3,8 +3,11 @@
 // (RFC 7505) bounced at once, then SMTP with opportunistic STARTTLS, trying the next host on
 // connection failures and 4xx at the greeting or MAIL. One attempt per call; the queue retries.
 //
-// Not yet here (issue 4): MTA-STS, DANE, connection reuse, per-destination concurrency limits,
-// 8BITMIME downgrade, CHUNKING.
+// How much TLS each MX needs (MTA-STS, DANE, configured overrides) is decided by
+// internal/tlspolicy; when required TLS is missing or does not verify, the host is skipped and
+// the attempt deferred with 4.7.x.
+//
+// Not yet here (issue 4): connection reuse, 8BITMIME downgrade, CHUNKING.
 package remote
 
 import (
@@ -13,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -27,6 +31,7 @@ import (
 	"github.com/postamt/postamt/internal/dns"
 	"github.com/postamt/postamt/internal/mail"
 	"github.com/postamt/postamt/internal/smtp"
+	"github.com/postamt/postamt/internal/tlspolicy"
 	"github.com/postamt/postamt/internal/transport"
 )
 
@@ -40,6 +45,10 @@ type Transport struct {
 	Dialer interface {
 		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
 	}
+	// TLSPolicy decides per domain and MX how much TLS is required; nil: opportunistic only.
+	TLSPolicy *tlspolicy.Engine
+	// Logger receives TLS checks that failed but did not stop delivery (MTA-STS testing).
+	Logger *slog.Logger
 }
 
 func (t *Transport) Name() string { return "remote" }
@@ -52,24 +61,35 @@ func (t *Transport) Deliver(ctx context.Context, msg *transport.Message, rcpts [
 		port = 25
 	}
 	var hosts []string
+	var dest *tlspolicy.Destination
 	if host, p, ok := mail.SplitNextHop(domain); ok {
 		// A relay host or transport-map entry: that server, no MX lookup.
 		hosts, port = []string{host}, p
+		dest = t.TLSPolicy.ForRelay(host)
 	} else {
 		var reply *smtp.Reply
 		if hosts, reply = t.exchangers(ctx, domain); reply != nil {
 			return nil, reply
 		}
+		var err error
+		if dest, err = t.TLSPolicy.ForDomain(ctx, domain); err != nil {
+			return nil, smtp.Replyf(451, smtp.EnhancedCode{4, 4, 3}, "DNSSEC lookup of MX for %s failed, will retry", domain).WithErr(err)
+		}
 	}
 	var last *smtp.Reply
 	for _, h := range hosts {
+		req, err := dest.ForHost(ctx, h, port)
+		if err != nil {
+			last = policyReply(h, err)
+			continue
+		}
 		addrs, err := t.addresses(ctx, h)
 		if err != nil {
 			last = smtp.Replyf(451, smtp.EnhancedCode{4, 4, 3}, "Cannot resolve mail exchanger %s", h).WithErr(err)
 			continue
 		}
 		for _, a := range addrs {
-			res, err := t.deliverTo(ctx, a, port, h, msg, rcpts)
+			res, err := t.deliverTo(ctx, a, port, h, msg, rcpts, req)
 			if err == nil {
 				return res, nil
 			}
@@ -141,7 +161,7 @@ func (t *Transport) dial(ctx context.Context, addr string) (net.Conn, error) {
 // deliverTo runs one SMTP transaction with one server. A nil reply means the transaction ran
 // and res holds each recipient's outcome; a reply means this server could not take the message
 // at all (try the next one if it is temporary).
-func (t *Transport) deliverTo(ctx context.Context, ip netip.Addr, port int, host string, msg *transport.Message, rcpts []mail.Recipient) ([]transport.Result, *smtp.Reply) {
+func (t *Transport) deliverTo(ctx context.Context, ip netip.Addr, port int, host string, msg *transport.Message, rcpts []mail.Recipient, req *tlspolicy.Requirement) ([]transport.Result, *smtp.Reply) {
 	conn, err := t.dial(ctx, net.JoinHostPort(ip.String(), strconv.Itoa(port)))
 	if err != nil {
 		return nil, smtp.Replyf(451, smtp.EnhancedCode{4, 4, 1}, "Cannot connect to %s [%s]", host, ip).WithErr(err)
@@ -155,7 +175,7 @@ func (t *Transport) deliverTo(ctx context.Context, ip netip.Addr, port int, host
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	defer stop()
 	peer := host
-	conn, tlsState, reply := t.greetAndSecure(conn, host, peer)
+	conn, tlsState, reply := t.greetAndSecure(conn, host, peer, req)
 	if reply != nil {
 		return nil, reply
 	}
@@ -165,10 +185,7 @@ func (t *Transport) deliverTo(ctx context.Context, ip netip.Addr, port int, host
 		return nil, transport.ClientReply(err, peer, "EHLO")
 	}
 	results := make([]transport.Result, len(rcpts))
-	tlsInfo := "none"
-	if tlsState != nil {
-		tlsInfo = tls.VersionName(tlsState.Version) + " " + tls.CipherSuiteName(tlsState.CipherSuite)
-	}
+	tlsInfo := req.Describe(tlsState)
 	for i := range results {
 		results[i].RemoteMTA = host
 		results[i].TLS = tlsInfo
@@ -257,9 +274,12 @@ func rcptOptions(rc mail.Recipient) *gosmtp.RcptOptions {
 // greetAndSecure reads the greeting, sends EHLO and, when the server offers it, upgrades with
 // STARTTLS. go-smtp's client cannot be told our EHLO name before its own STARTTLS, so this part
 // is done here and the client then starts on the (possibly encrypted) connection as if greeted.
-// TLS is opportunistic (RFC 7435): encrypted, not authenticated; MTA-STS and DANE will decide
-// when authentication is required.
-func (t *Transport) greetAndSecure(conn net.Conn, host, peer string) (net.Conn, *tls.ConnectionState, *smtp.Reply) {
+// req says whether TLS is optional (RFC 7435: encrypted, not authenticated), mandatory, or
+// must also verify (MTA-STS, DANE, overrides); a server that falls short gets a 4.7.x reply
+// and nothing is sent to it. The certificate is checked by req.Check after the handshake rather
+// than by crypto/tls, so that DANE-EE can ignore names and dates and failures can be reported
+// in the policy's words.
+func (t *Transport) greetAndSecure(conn net.Conn, host, peer string, req *tlspolicy.Requirement) (net.Conn, *tls.ConnectionState, *smtp.Reply) {
 	tp := textproto.NewConn(conn)
 	if _, msg, err := tp.ReadResponse(220); err != nil {
 		// Even a 5xx greeting only means "not this host" (Postfix: smtp_skip_5xx_greeting).
@@ -275,7 +295,7 @@ func (t *Transport) greetAndSecure(conn net.Conn, host, peer string) (net.Conn, 
 	tp.EndResponse(id)
 	if err != nil {
 		// No ESMTP: let go-smtp fall back to HELO on a fresh start.
-		return greeted(conn), nil, nil
+		return t.plain(conn, host, req)
 	}
 	offered := false
 	for _, l := range strings.Split(msg, "\n") {
@@ -283,8 +303,8 @@ func (t *Transport) greetAndSecure(conn net.Conn, host, peer string) (net.Conn, 
 			offered = true
 		}
 	}
-	if !offered {
-		return greeted(conn), nil, nil
+	if !offered || req.Mode == tlspolicy.NoTLS {
+		return t.plain(conn, host, req)
 	}
 	id, err = tp.Cmd("STARTTLS")
 	if err != nil {
@@ -294,14 +314,50 @@ func (t *Transport) greetAndSecure(conn net.Conn, host, peer string) (net.Conn, 
 	_, _, err = tp.ReadResponse(220)
 	tp.EndResponse(id)
 	if err != nil {
-		return greeted(conn), nil, nil // refused: carry on in plain text
+		return t.plain(conn, host, req) // refused: carry on in plain text if allowed
 	}
 	tc := tls.Client(conn, &tls.Config{ServerName: host, InsecureSkipVerify: true, MinVersion: tls.VersionTLS12})
 	if err := tc.Handshake(); err != nil {
 		return nil, nil, smtp.Replyf(451, smtp.EnhancedCode{4, 7, 5}, "TLS handshake with %s failed", host).WithErr(err)
 	}
 	st := tc.ConnectionState()
+	if err := req.Check(&st); err != nil {
+		if req.Enforced() {
+			tc.Close()
+			return nil, nil, smtp.Replyf(451, smtp.EnhancedCode{4, 7, 5}, "TLS policy not met, message not sent to %s: %v", host, err).WithErr(err)
+		}
+		t.logger().Warn("tls policy check failed in testing mode, delivering anyway", "mx", host, "err", err)
+	}
 	return greeted(tc), &st, nil
+}
+
+// plain continues without TLS when req allows it (or only tests it).
+func (t *Transport) plain(conn net.Conn, host string, req *tlspolicy.Requirement) (net.Conn, *tls.ConnectionState, *smtp.Reply) {
+	if err := req.Check(nil); err != nil {
+		if req.Enforced() {
+			return nil, nil, smtp.Replyf(451, smtp.EnhancedCode{4, 7, 4}, "TLS required, message not sent to %s: %v", host, err).WithErr(err)
+		}
+		t.logger().Warn("tls policy check failed in testing mode, delivering anyway", "mx", host, "err", err)
+	}
+	return greeted(conn), nil, nil
+}
+
+func (t *Transport) logger() *slog.Logger {
+	if t.Logger != nil {
+		return t.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// policyReply is the answer for a host the TLS policy rules out before connecting.
+func policyReply(host string, err error) *smtp.Reply {
+	switch {
+	case errors.Is(err, tlspolicy.ErrLookup):
+		return smtp.Replyf(451, smtp.EnhancedCode{4, 7, 5}, "DNSSEC lookup of TLSA records for %s failed, will retry", host).WithErr(err)
+	case errors.Is(err, tlspolicy.ErrMXNotInPolicy):
+		return smtp.Replyf(451, smtp.EnhancedCode{4, 7, 5}, "Mail exchanger %s is not allowed by the domain's MTA-STS policy", host).WithErr(err)
+	}
+	return smtp.Replyf(451, smtp.EnhancedCode{4, 7, 5}, "TLS policy cannot be met for %s: %v", host, err).WithErr(err)
 }
 
 func asSMTPError(err error) error {
