@@ -21,6 +21,7 @@ import (
 	"github.com/postamt/postamt/internal/queue"
 	"github.com/postamt/postamt/internal/router"
 	"github.com/postamt/postamt/internal/smtpserver"
+	"github.com/postamt/postamt/internal/tlspolicy"
 	"github.com/postamt/postamt/internal/transport"
 	"github.com/postamt/postamt/internal/transport/lmtp"
 	"github.com/postamt/postamt/internal/transport/maildir"
@@ -52,6 +53,19 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 	}
 	hist := observe.NewHistograms()
 	rt := router.New(cfg.Local, cfg.Outbound)
+	resolver := dns.System(cfg.Outbound.DNSServers)
+	ot := cfg.Outbound.TLS
+	daneResolver := ""
+	if ot.DANE {
+		daneResolver = ot.DANEResolver
+	}
+	tlsPolicy, err := tlspolicy.NewEngine(tlspolicy.Options{
+		MTASTS: ot.MTASTS, Resolver: resolver, CacheDir: cfg.Path("mta-sts"),
+		DANEResolver: daneResolver, Overrides: ot.Policy, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
 	bouncer := &bounce.Bouncer{Hostname: cfg.Hostname, Router: rt, Logger: log, Now: time.Now}
 	q, err := queue.Open(queue.Options{
 		Bounce:           bouncer.Bounce,
@@ -63,7 +77,8 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		DestinationLimit: cfg.Outbound.DestinationLimit,
 		Workers:          cfg.Queue.DeliveryWorkers,
 		Transports: []transport.Transport{local, &remote.Transport{
-			Resolver: dns.System(cfg.Outbound.DNSServers), Hostname: cfg.Hostname, Port: cfg.Outbound.Port,
+			Resolver: resolver, Hostname: cfg.Hostname, Port: cfg.Outbound.Port,
+			TLSPolicy: tlsPolicy, Logger: log,
 		}},
 		Logger: log,
 	})

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/postamt/postamt/internal/dns"
 )
 
 // ParseOverride maps a configured per-domain policy to its Mode.
@@ -155,4 +157,33 @@ func (d *Destination) ForHost(ctx context.Context, host string, port int) (*Requ
 		}
 	}
 	return req, nil
+}
+
+// Options is what NewEngine needs from the configuration.
+type Options struct {
+	MTASTS       bool
+	Resolver     dns.Resolver // for MTA-STS TXT records
+	CacheDir     string       // MTA-STS policy cache
+	DANEResolver string       // "ip:port" of the trusted validating resolver; "" disables DANE
+	Overrides    map[string]string
+	Logger       *slog.Logger
+}
+
+// NewEngine builds an Engine from validated settings.
+func NewEngine(o Options) (*Engine, error) {
+	e := &Engine{Logger: o.Logger, Overrides: map[string]Mode{}}
+	for d, s := range o.Overrides {
+		m, ok := ParseOverride(s)
+		if !ok {
+			return nil, fmt.Errorf("tls policy for %s: unknown mode %q", d, s)
+		}
+		e.Overrides[strings.ToLower(strings.TrimSuffix(d, "."))] = m
+	}
+	if o.MTASTS {
+		e.STS = NewSTS(o.Resolver, o.CacheDir, nil, o.Logger)
+	}
+	if o.DANEResolver != "" {
+		e.DANE = &SecureResolver{Addr: o.DANEResolver}
+	}
+	return e, nil
 }

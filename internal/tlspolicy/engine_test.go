@@ -107,3 +107,18 @@ func TestRequirementCheck(t *testing.T) {
 		}
 	}
 }
+
+func TestNewEngine(t *testing.T) {
+	e, err := NewEngine(Options{MTASTS: true, Resolver: &dnstest.Zone{}, CacheDir: t.TempDir(), DANEResolver: "127.0.0.1:53",
+		Overrides: map[string]string{"Bank.Example.": "verify", "legacy.example": "none"}})
+	if err != nil || e.STS == nil || e.DANE == nil || e.Overrides["bank.example"] != Verify || e.Overrides["legacy.example"] != NoTLS {
+		t.Fatalf("%+v %v", e, err)
+	}
+	e, err = NewEngine(Options{})
+	if err != nil || e.STS != nil || e.DANE != nil {
+		t.Fatalf("all off: %+v %v", e, err)
+	}
+	if _, err := NewEngine(Options{Overrides: map[string]string{"x.example": "strict"}}); err == nil {
+		t.Fatal("unknown mode accepted")
+	}
+}

@@ -44,9 +44,11 @@ type STS struct {
 	Now      func() time.Time
 	Logger   *slog.Logger
 
-	mu    sync.Mutex
-	mem   map[string]*cached
-	fetch sync.Mutex // one fetch at a time is plenty and keeps a burst of mail from stampeding
+	mu  sync.Mutex
+	mem map[string]*cached
+	// fetching serialises fetches per domain, so a burst of mail to one domain fetches once
+	// while a slow policy server does not hold up other domains.
+	fetching map[string]*sync.Mutex
 }
 
 // cached is a policy as stored: the TXT id it came with and when it expires.
@@ -101,8 +103,9 @@ func (s *STS) Lookup(ctx context.Context, domain string) *Policy {
 	if c != nil && c.ID == id {
 		return c.policy
 	}
-	s.fetch.Lock()
-	defer s.fetch.Unlock()
+	fm := s.fetchLock(domain)
+	fm.Lock()
+	defer fm.Unlock()
 	// Another delivery may have fetched it while we waited.
 	if c2 := s.load(domain); c2 != nil && c2.ID == id && now.Before(c2.Expires) {
 		return c2.policy
@@ -156,6 +159,20 @@ func (s *STS) get(ctx context.Context, domain string) (*Policy, string, error) {
 		return nil, "", fmt.Errorf("%s: %w", url, err)
 	}
 	return p, string(b), nil
+}
+
+func (s *STS) fetchLock(domain string) *sync.Mutex {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fetching == nil {
+		s.fetching = map[string]*sync.Mutex{}
+	}
+	m, ok := s.fetching[domain]
+	if !ok {
+		m = &sync.Mutex{}
+		s.fetching[domain] = m
+	}
+	return m
 }
 
 func (s *STS) file(domain string) string { return filepath.Join(s.Dir, domain+".json") }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,5 +126,27 @@ func TestSTSFetchRejects(t *testing.T) {
 	ps.Set(policyA, 200, "text/plain")
 	if p := NewSTS(zone, "", ps.Client(DefaultHTTPClient()), nil).Lookup(context.Background(), "remote.test"); p == nil {
 		t.Fatal("good policy refused")
+	}
+}
+
+// TestSTSConcurrentFetchOnce: a burst of deliveries to one domain fetches the policy once.
+func TestSTSConcurrentFetchOnce(t *testing.T) {
+	ps := startPolicyServer(t, "remote.test")
+	ps.Set(policyA, 200, "text/plain")
+	zone := &dnstest.Zone{TXT: map[string][]string{"_mta-sts.remote.test": {"v=STSv1; id=one"}}}
+	s := NewSTS(zone, t.TempDir(), ps.Client(DefaultHTTPClient()), nil)
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if p := s.Lookup(context.Background(), "remote.test"); p == nil {
+				t.Error("no policy")
+			}
+		}()
+	}
+	wg.Wait()
+	if n := ps.Hits(); n != 1 {
+		t.Fatalf("%d fetches, want 1", n)
 	}
 }
