@@ -100,12 +100,15 @@ func (e *Engine) ForDomain(ctx context.Context, domain string) (*Destination, er
 }
 
 // ForRelay is the decision for a relay host or transport-map next hop: only an override keyed by
-// the host name applies, as there is no recipient domain to discover policies for.
+// the host name applies, as there is no recipient domain to discover policies for. A "dane"
+// override looks up TLSA records for the host itself (there is no MX RRset to be secure; the
+// host was chosen by configuration), and without secure records the host is not used.
 func (e *Engine) ForRelay(host string) *Destination {
-	d := &Destination{e: e, Domain: strings.ToLower(host)}
+	d := &Destination{e: e, Domain: strings.ToLower(strings.TrimSuffix(host, "."))}
 	if e != nil {
-		if m, ok := e.Overrides[d.Domain]; ok && m != DANE {
+		if m, ok := e.Overrides[d.Domain]; ok {
 			d.override = &m
+			d.mxSecure = m == DANE
 		}
 	}
 	return d

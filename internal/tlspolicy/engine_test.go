@@ -122,3 +122,25 @@ func TestNewEngine(t *testing.T) {
 		t.Fatal("unknown mode accepted")
 	}
 }
+
+// TestEngineRelay: a relay host gets only its override; "dane" fails closed without TLSA.
+func TestEngineRelay(t *testing.T) {
+	zone := &dnstest.Zone{
+		TLSA:   map[string][]dnstest.TLSA{"_587._tcp.signed-relay.test": {{Usage: 3, Selector: 1, MatchingType: 1, Data: make([]byte, 32)}}},
+		Secure: map[string]bool{"_587._tcp.signed-relay.test": true},
+	}
+	e := &Engine{
+		Overrides: map[string]Mode{"relay.test": Verify, "signed-relay.test": DANE, "unsigned-relay.test": DANE},
+		DANE:      &SecureResolver{Addr: dnstest.Server(t, zone), Timeout: 2 * time.Second},
+	}
+	ctx := context.Background()
+	for host, want := range map[string]Mode{"relay.test": Verify, "signed-relay.test": DANE, "other.test": Opportunistic} {
+		req, err := e.ForRelay(host).ForHost(ctx, host, 587)
+		if err != nil || req.Mode != want {
+			t.Errorf("%s: %+v %v, want %s", host, req, err, want)
+		}
+	}
+	if _, err := e.ForRelay("unsigned-relay.test").ForHost(ctx, "unsigned-relay.test", 587); !errors.Is(err, ErrNoDANE) {
+		t.Errorf("dane override without TLSA: %v", err)
+	}
+}
