@@ -76,11 +76,11 @@ func TestSecureResolverADBit(t *testing.T) {
 	}
 	r := &SecureResolver{Addr: dnstest.Server(t, zone), Timeout: 2 * time.Second}
 	ctx := context.Background()
-	if sec, err := r.MXSecure(ctx, "signed.test"); err != nil || !sec {
-		t.Errorf("signed MX: %v %v", sec, err)
+	if mxs, sec, err := r.MX(ctx, "signed.test"); err != nil || !sec || len(mxs) != 1 || mxs[0].Host != "mx.signed.test." || mxs[0].Pref != 10 {
+		t.Errorf("signed MX: %v %v %v", mxs, sec, err)
 	}
-	if sec, err := r.MXSecure(ctx, "plain.test"); err != nil || sec {
-		t.Errorf("plain MX: %v %v", sec, err)
+	if mxs, sec, err := r.MX(ctx, "plain.test"); err != nil || sec || len(mxs) != 1 {
+		t.Errorf("plain MX: %v %v %v", mxs, sec, err)
 	}
 	recs, sec, err := r.TLSA(ctx, "mx.signed.test", 25)
 	if err != nil || !sec || len(recs) != 1 || recs[0].String() != "3 1 1 010203" {

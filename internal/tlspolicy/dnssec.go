@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -53,11 +54,20 @@ func (r *SecureResolver) query(ctx context.Context, name string, qtype uint16) (
 	return resp, resp.AuthenticatedData, nil
 }
 
-// MXSecure reports whether domain's MX RRset (or its denial, for the implicit MX) is
-// DNSSEC-authenticated. DANE applies only below a secure MX lookup (RFC 7672 §2.2.1).
-func (r *SecureResolver) MXSecure(ctx context.Context, domain string) (bool, error) {
-	_, ad, err := r.query(ctx, domain, mdns.TypeMX)
-	return ad, err
+// MX looks up domain's MX RRset; secure says whether it (or its denial, for the implicit MX) is
+// DNSSEC-authenticated. DANE applies only below a secure MX lookup (RFC 7672 §2.2.1), and then
+// the hosts to try must be these, not an answer from an unvalidated resolver.
+func (r *SecureResolver) MX(ctx context.Context, domain string) (mxs []*net.MX, secure bool, err error) {
+	resp, ad, err := r.query(ctx, domain, mdns.TypeMX)
+	if err != nil {
+		return nil, false, err
+	}
+	for _, rr := range resp.Answer {
+		if mx, ok := rr.(*mdns.MX); ok {
+			mxs = append(mxs, &net.MX{Host: mx.Mx, Pref: mx.Preference})
+		}
+	}
+	return mxs, ad, nil
 }
 
 // TLSA looks up _port._tcp.host. secure is false when the answer was not authenticated; records

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -61,6 +62,9 @@ type Destination struct {
 	override *Mode
 	sts      *Policy // enforce or testing only
 	mxSecure bool
+	// SecureMX is the DNSSEC-validated MX RRset when there is one: the caller must try these
+	// hosts rather than those from its ordinary resolver, which an attacker may have fed.
+	SecureMX []*net.MX
 }
 
 func (e *Engine) log() *slog.Logger {
@@ -85,11 +89,14 @@ func (e *Engine) ForDomain(ctx context.Context, domain string) (*Destination, er
 		}
 	}
 	if e.DANE != nil {
-		sec, err := e.DANE.MXSecure(ctx, domain)
+		mxs, sec, err := e.DANE.MX(ctx, domain)
 		if err != nil {
 			return nil, err
 		}
 		d.mxSecure = sec
+		if sec {
+			d.SecureMX = mxs
+		}
 	}
 	if e.STS != nil && d.override == nil {
 		if p := e.STS.Lookup(ctx, domain); p != nil && p.Mode != STSNone {

@@ -75,6 +75,10 @@ func (t *Transport) Deliver(ctx context.Context, msg *transport.Message, rcpts [
 		if dest, err = t.TLSPolicy.ForDomain(ctx, domain); err != nil {
 			return nil, smtp.Replyf(451, smtp.EnhancedCode{4, 4, 3}, "DNSSEC lookup of MX for %s failed, will retry", domain).WithErr(err)
 		}
+		if len(dest.SecureMX) > 0 {
+			// DANE is only as good as the MX names it protects: use the validated set.
+			hosts = orderMX(dest.SecureMX)
+		}
 	}
 	var last *smtp.Reply
 	for _, h := range hosts {
@@ -112,23 +116,7 @@ func (t *Transport) exchangers(ctx context.Context, domain string) ([]string, *s
 		// RFC 7505: the domain says it accepts no mail.
 		return nil, smtp.Replyf(556, smtp.EnhancedCode{5, 1, 10}, "Domain %s does not accept mail (null MX)", domain)
 	case err == nil && len(mxs) > 0:
-		sort.SliceStable(mxs, func(i, j int) bool { return mxs[i].Pref < mxs[j].Pref })
-		// Random order among equal preferences spreads load as the RFC asks.
-		for i := 0; i < len(mxs); {
-			j := i
-			for j < len(mxs) && mxs[j].Pref == mxs[i].Pref {
-				j++
-			}
-			rand.Shuffle(j-i, func(a, b int) { mxs[i+a], mxs[i+b] = mxs[i+b], mxs[i+a] })
-			i = j
-		}
-		hosts := make([]string, 0, len(mxs))
-		for _, mx := range mxs {
-			if h := strings.TrimSuffix(mx.Host, "."); h != "" {
-				hosts = append(hosts, h)
-			}
-		}
-		return hosts, nil
+		return orderMX(mxs), nil
 	case err != nil && !dns.IsNotFound(err):
 		return nil, smtp.Replyf(451, smtp.EnhancedCode{4, 4, 3}, "DNS lookup of MX for %s failed, will retry", domain).WithErr(err)
 	}
@@ -140,6 +128,27 @@ func (t *Transport) exchangers(ctx context.Context, domain string) ([]string, *s
 		return nil, smtp.Replyf(451, smtp.EnhancedCode{4, 4, 3}, "DNS lookup of %s failed, will retry", domain).WithErr(err)
 	}
 	return []string{domain}, nil
+}
+
+// orderMX sorts by preference, random among equals, and drops empty names.
+func orderMX(mxs []*net.MX) []string {
+	sort.SliceStable(mxs, func(i, j int) bool { return mxs[i].Pref < mxs[j].Pref })
+	// Random order among equal preferences spreads load as the RFC asks.
+	for i := 0; i < len(mxs); {
+		j := i
+		for j < len(mxs) && mxs[j].Pref == mxs[i].Pref {
+			j++
+		}
+		rand.Shuffle(j-i, func(a, b int) { mxs[i+a], mxs[i+b] = mxs[i+b], mxs[i+a] })
+		i = j
+	}
+	hosts := make([]string, 0, len(mxs))
+	for _, mx := range mxs {
+		if h := strings.TrimSuffix(mx.Host, "."); h != "" {
+			hosts = append(hosts, h)
+		}
+	}
+	return hosts
 }
 
 // addresses resolves a host; an IP literal is its own address.

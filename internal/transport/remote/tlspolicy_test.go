@@ -212,3 +212,40 @@ func TestTLSPolicyDelivery(t *testing.T) {
 		})
 	}
 }
+
+// TestDANEUsesSecureMX: with DANE on and a signed zone, the hosts come from the validated MX
+// RRset, not from the ordinary resolver (which here points at an impostor that would accept).
+func TestDANEUsesSecureMX(t *testing.T) {
+	ca := tlspolicytest.NewCA(t, "mx CA")
+	good := ca.Valid(t, "mx1.remote.test")
+	p, port := startCertPeer(t, &good)
+	impostor := &peer{got: map[string]string{}}
+	srv := gosmtp.NewServer(impostor)
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.2", itoa(port)))
+	if err != nil {
+		t.Fatalf("127.0.0.2: %v", err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	tlsaName := "_" + itoa(port) + "._tcp.mx1.remote.test"
+	signed := &dnstest.Zone{
+		MX:     map[string][]*net.MX{"remote.test": {{Host: "mx1.remote.test.", Pref: 10}}},
+		TLSA:   map[string][]dnstest.TLSA{tlsaName: {{Usage: 3, Selector: 0, MatchingType: 2, Data: tlspolicytest.TLSAData(0, 2, good.Leaf)}}},
+		Secure: map[string]bool{"remote.test": true, tlsaName: true},
+	}
+	ordinary := &dnstest.Zone{
+		MX: map[string][]*net.MX{"remote.test": {{Host: "evil.remote.test.", Pref: 10}}},
+		A:  map[string][]netip.Addr{"mx1.remote.test": ip("127.0.0.1"), "evil.remote.test": ip("127.0.0.2")},
+	}
+	e := &tlspolicy.Engine{DANE: &tlspolicy.SecureResolver{Addr: dnstest.Server(t, signed), Timeout: 2 * time.Second}}
+	tr := &Transport{Resolver: ordinary, Hostname: "mx.example.test", Port: port, TLSPolicy: e}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := tr.Deliver(ctx, message("Subject: x\r\n\r\ny\r\n"), rcpts("remote.test", "bob@remote.test"))
+	if err != nil || res[0].Reply != nil || res[0].RemoteMTA != "mx1.remote.test" || !strings.Contains(res[0].TLS, "verified=dane") {
+		t.Fatalf("%v %+v", err, res)
+	}
+	if p.delivered() != 1 || impostor.delivered() != 0 {
+		t.Fatalf("mx1 got %d, impostor got %d", p.delivered(), impostor.delivered())
+	}
+}
