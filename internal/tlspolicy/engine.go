@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -190,7 +191,11 @@ func NewEngine(o Options) (*Engine, error) {
 		e.Overrides[strings.ToLower(strings.TrimSuffix(d, "."))] = m
 	}
 	if o.MTASTS {
-		e.STS = NewSTS(o.Resolver, o.CacheDir, nil, o.Logger)
+		var client *http.Client
+		if nr, ok := o.Resolver.(*net.Resolver); ok {
+			client = HTTPClientVia(nr)
+		}
+		e.STS = NewSTS(o.Resolver, o.CacheDir, client, o.Logger)
 	}
 	if o.DANEResolver != "" {
 		e.DANE = &SecureResolver{Addr: o.DANEResolver}

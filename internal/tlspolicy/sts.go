@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"mime"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -30,6 +31,16 @@ func DefaultHTTPClient() *http.Client {
 			return http.ErrUseLastResponse // a 3xx is then refused as "not 200"
 		},
 	}
+}
+
+// HTTPClientVia is DefaultHTTPClient resolving names through r, so that the policy host is
+// looked up with the same DNS servers as everything else (outbound.dns_servers).
+func HTTPClientVia(r *net.Resolver) *http.Client {
+	c := DefaultHTTPClient()
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, Resolver: r}).DialContext
+	c.Transport = t
+	return c
 }
 
 // STS finds, fetches and caches MTA-STS policies.

@@ -2,12 +2,15 @@ package tlspolicy
 
 import (
 	"context"
+	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/postamt/postamt/internal/dns"
 	"github.com/postamt/postamt/internal/dns/dnstest"
 	"github.com/postamt/postamt/internal/tlspolicy/tlspolicytest"
 )
@@ -148,5 +151,21 @@ func TestSTSConcurrentFetchOnce(t *testing.T) {
 	wg.Wait()
 	if n := ps.Hits(); n != 1 {
 		t.Fatalf("%d fetches, want 1", n)
+	}
+}
+
+// TestHTTPClientViaResolver: the policy host is resolved with the configured DNS servers.
+func TestHTTPClientViaResolver(t *testing.T) {
+	ps := startPolicyServer(t, "remote.test")
+	zone := &dnstest.Zone{A: map[string][]netip.Addr{"mta-sts.remote.test": {netip.MustParseAddr("127.0.0.1")}}}
+	c := HTTPClientVia(dns.System([]string{dnstest.Server(t, zone)}))
+	_, port, _ := net.SplitHostPort(ps.Srv.Listener.Addr().String())
+	conn, err := c.Transport.(*http.Transport).DialContext(context.Background(), "tcp", "mta-sts.remote.test:"+port)
+	if err != nil {
+		t.Fatalf("mta-sts.remote.test not resolved through the zone: %v", err)
+	}
+	conn.Close()
+	if c.CheckRedirect == nil || c.Timeout != 10*time.Second {
+		t.Fatal("not the RFC 8461 client settings")
 	}
 }
