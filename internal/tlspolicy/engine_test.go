@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -142,5 +143,27 @@ func TestEngineRelay(t *testing.T) {
 	}
 	if _, err := e.ForRelay("unsigned-relay.test").ForHost(ctx, "unsigned-relay.test", 587); !errors.Is(err, ErrNoDANE) {
 		t.Errorf("dane override without TLSA: %v", err)
+	}
+}
+
+// TestEngineSTSTesting: a testing policy never removes an MX; a mismatch is logged.
+func TestEngineSTSTesting(t *testing.T) {
+	ps := startPolicyServer(t, "sts.test")
+	ps.Set("version: STSv1\nmode: testing\nmx: mx.sts.test\nmax_age: 600\n", 200, "text/plain")
+	zone := &dnstest.Zone{TXT: map[string][]string{"_mta-sts.sts.test": {"v=STSv1; id=1"}}}
+	var logs strings.Builder
+	e := &Engine{STS: NewSTS(zone, "", ps.Client(DefaultHTTPClient()), nil), Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+	d, err := e.ForDomain(context.Background(), "sts.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, host := range []string{"mx.sts.test", "other.sts.test"} {
+		req, err := d.ForHost(context.Background(), host, 25)
+		if err != nil || req.Mode != MTASTS || !req.Testing || req.Enforced() {
+			t.Errorf("%s: %+v %v", host, req, err)
+		}
+	}
+	if !strings.Contains(logs.String(), "MX not in policy") || !strings.Contains(logs.String(), "mx=other.sts.test") {
+		t.Errorf("mismatch not logged: %s", logs.String())
 	}
 }

@@ -120,3 +120,21 @@ func FuzzParsePolicy(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseSTSRecord: the TXT parser never panics and only returns ids the RFC allows.
+func FuzzParseSTSRecord(f *testing.F) {
+	f.Add("v=STSv1; id=20160831085700Z;", "v=spf1 -all")
+	f.Add("v=STSv1;id=a", "v=STSv1;id=b")
+	f.Add("v=STSv1; id=", "")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		id, ok := parseTXT([]string{a, b})
+		if ok != (id != "") || len(id) > 32 {
+			t.Fatalf("parseTXT = %q %v", id, ok)
+		}
+		for _, c := range id {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+				t.Fatalf("id %q has %q", id, c)
+			}
+		}
+	})
+}

@@ -70,6 +70,9 @@ func TestTLSPolicyDelivery(t *testing.T) {
 	tlsa := func(c tls.Certificate) []dnstest.TLSA {
 		return []dnstest.TLSA{{Usage: 3, Selector: 1, MatchingType: 1, Data: tlspolicytest.TLSAData(1, 1, c.Leaf)}}
 	}
+	taFor := func(c *tlspolicytest.CA) []dnstest.TLSA {
+		return []dnstest.TLSA{{Usage: 2, Selector: 0, MatchingType: 1, Data: tlspolicytest.TLSAData(0, 1, c.Cert)}}
+	}
 	const enforce = "version: STSv1\nmode: enforce\nmx: mx1.remote.test\nmax_age: 600\n"
 	const testing_ = "version: STSv1\nmode: testing\nmx: mx1.remote.test\nmax_age: 600\n"
 	type setup struct {
@@ -106,6 +109,10 @@ func TestTLSPolicyDelivery(t *testing.T) {
 			delivered: true, tlsInfo: "policy=opportunistic"},
 		{name: "dane-ee match", s: setup{cert: &good, tlsa: tlsa(good)},
 			delivered: true, tlsInfo: "verified=dane"},
+		{name: "dane-ta match", s: setup{cert: &good, tlsa: taFor(ca)},
+			delivered: true, tlsInfo: "verified=dane"},
+		{name: "dane-ta, certificate for another name", s: setup{cert: &wrongName, tlsa: taFor(ca)},
+			code: "4.7.5", reason: "chain does not verify"},
 		{name: "dane beats mta-sts", s: setup{cert: &good, tlsa: tlsa(good), sts: enforce},
 			delivered: true, tlsInfo: "verified=dane"},
 		{name: "dane-ee mismatch", s: setup{cert: &good, tlsa: tlsa(wrongName)},
