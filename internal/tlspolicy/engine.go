@@ -63,10 +63,14 @@ type Destination struct {
 	override *Mode
 	sts      *Policy // enforce or testing only
 	mxSecure bool
-	// SecureMX is the DNSSEC-validated MX RRset when there is one: the caller must try these
-	// hosts rather than those from its ordinary resolver, which an attacker may have fed.
+	// SecureMX is the DNSSEC-validated MX RRset (empty: validated "no MX", so the implicit MX)
+	// when MXSecure says there is one: the caller must then try these hosts rather than those
+	// from its ordinary resolver, which an attacker may have fed.
 	SecureMX []*net.MX
 }
+
+// MXSecure reports whether the MX lookup was DNSSEC-validated (only with DANE on).
+func (d *Destination) MXSecure() bool { return d.mxSecure && d.e != nil && d.e.DANE != nil }
 
 func (e *Engine) log() *slog.Logger {
 	if e != nil && e.Logger != nil {

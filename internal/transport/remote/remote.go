@@ -75,9 +75,13 @@ func (t *Transport) Deliver(ctx context.Context, msg *transport.Message, rcpts [
 		if dest, err = t.TLSPolicy.ForDomain(ctx, domain); err != nil {
 			return nil, smtp.Replyf(451, smtp.EnhancedCode{4, 4, 3}, "DNSSEC lookup of MX for %s failed, will retry", domain).WithErr(err)
 		}
-		if len(dest.SecureMX) > 0 {
-			// DANE is only as good as the MX names it protects: use the validated set.
-			hosts = orderMX(dest.SecureMX)
+		if dest.MXSecure() {
+			// DANE is only as good as the MX names it protects: use the validated set (or the
+			// implicit MX when it validly has none), never hosts an unvalidated answer named.
+			hosts = []string{domain}
+			if len(dest.SecureMX) > 0 {
+				hosts = orderMX(dest.SecureMX)
+			}
 		}
 	}
 	var last *smtp.Reply
