@@ -256,3 +256,24 @@ func TestDANEUsesSecureMX(t *testing.T) {
 		t.Fatalf("mx1 got %d, impostor got %d", p.delivered(), impostor.delivered())
 	}
 }
+
+// TestDANESecureMXServfailDefers: with DANE on, a validating resolver that cannot answer the MX
+// query (what stripping DNSSEC looks like) defers, even though the ordinary resolver answered.
+func TestDANESecureMXServfailDefers(t *testing.T) {
+	p, port := startCertPeer(t, nil)
+	ordinary := &dnstest.Zone{
+		MX: map[string][]*net.MX{"remote.test": {{Host: "mx1.remote.test.", Pref: 10}}},
+		A:  map[string][]netip.Addr{"mx1.remote.test": ip("127.0.0.1")},
+	}
+	validating := &dnstest.Zone{Fail: map[string]bool{"remote.test": true}}
+	e := &tlspolicy.Engine{DANE: &tlspolicy.SecureResolver{Addr: dnstest.Server(t, validating), Timeout: 2 * time.Second}}
+	tr := &Transport{Resolver: ordinary, Hostname: "mx.example.test", Port: port, TLSPolicy: e}
+	_, err := tr.Deliver(context.Background(), message("x\r\n"), rcpts("remote.test", "bob@remote.test"))
+	r, ok := err.(*smtp.Reply)
+	if !ok || r.Code != 451 || r.Enhanced.String() != "4.4.3" || !strings.Contains(r.Text, "DNSSEC lookup of MX for remote.test") {
+		t.Fatalf("got %v", err)
+	}
+	if p.delivered() != 0 {
+		t.Fatal("delivered despite the failed DNSSEC lookup")
+	}
+}
