@@ -22,6 +22,7 @@ import (
 	"github.com/postamt/postamt/internal/queue"
 	"github.com/postamt/postamt/internal/router"
 	"github.com/postamt/postamt/internal/smtpserver"
+	"github.com/postamt/postamt/internal/tlspolicy"
 	"github.com/postamt/postamt/internal/transport"
 	"github.com/postamt/postamt/internal/transport/lmtp"
 	"github.com/postamt/postamt/internal/transport/maildir"
@@ -52,12 +53,26 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 	default:
 		local = &maildir.Transport{Root: cfg.Path(cfg.Local.MaildirRoot), Hostname: cfg.Hostname}
 	}
+	hist := observe.NewHistograms()
+	rt := router.New(cfg.Local, cfg.Outbound)
+	resolver := dns.System(cfg.Outbound.DNSServers)
+	ot := cfg.Outbound.TLS
+	daneResolver := ""
+	if ot.DANE {
+		daneResolver = ot.DANEResolver
+	}
+	tlsPolicy, err := tlspolicy.NewEngine(tlspolicy.Options{
+		MTASTS: ot.MTASTS, Resolver: resolver, CacheDir: cfg.Path("mta-sts"),
+		DANEResolver: daneResolver, Overrides: ot.Policy, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
 	out, err := outboundTransport(cfg)
 	if err != nil {
 		return nil, err
 	}
-	hist := observe.NewHistograms()
-	rt := router.New(cfg.Local, cfg.Outbound)
+	out.Resolver, out.TLSPolicy, out.Logger = resolver, tlsPolicy, log
 	bouncer := &bounce.Bouncer{Hostname: cfg.Hostname, Router: rt, Logger: log, Now: time.Now}
 	q, err := queue.Open(queue.Options{
 		Bounce:           bouncer.Bounce,

@@ -85,6 +85,18 @@ type Outbound struct {
 	RelayPasswordFile string `toml:"relay_password_file"`
 	// Transports maps a domain to the server that takes its mail ("[host]:port").
 	Transports map[string]string `toml:"transports"`
+	TLS        OutboundTLS       `toml:"tls"`
+}
+
+// OutboundTLS decides how much TLS outbound SMTP needs: discovery of MTA-STS and DANE, and
+// per-domain overrides that take precedence over both.
+type OutboundTLS struct {
+	MTASTS bool `toml:"mta_sts"` // fetch and enforce MTA-STS policies (RFC 8461); cache in data_dir/mta-sts
+	// DANE uses TLSA records (RFC 7672); needs DANEResolver, a validating resolver we trust.
+	DANE         bool   `toml:"dane"`
+	DANEResolver string `toml:"dane_resolver"`
+	// Policy maps a domain (or relay host name) to none | may | encrypt | verify | dane.
+	Policy map[string]string `toml:"policy"`
 }
 
 type Metrics struct {
@@ -129,7 +141,8 @@ func Default() *Config {
 			MaildirRoot:   "mail",
 			LMTPAddress:   "127.0.0.1:24",
 		},
-		Outbound: Outbound{Port: 25, DestinationLimit: 20, MaxConnections: 100, ConnectionReuse: Duration(5 * time.Second)},
+		Outbound: Outbound{Port: 25, DestinationLimit: 20, MaxConnections: 100, ConnectionReuse: Duration(5 * time.Second),
+			TLS: OutboundTLS{MTASTS: true}},
 		Metrics:  Metrics{Listen: ""},
 	}
 }

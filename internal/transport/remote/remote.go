@@ -3,6 +3,10 @@
 // (RFC 7505) bounced at once, then SMTP with opportunistic STARTTLS, trying the next host on
 // connection failures and 4xx at the greeting or MAIL. One attempt per call; the queue retries.
 //
+// How much TLS each MX needs (MTA-STS, DANE, configured overrides) is decided by
+// internal/tlspolicy; when required TLS is missing or does not verify, the host is skipped and
+// the attempt deferred with 4.7.x.
+//
 // Connections are kept for a few seconds after a transaction and reused for the next message to
 // the same destination (Postfix's connection cache); the SMTP dialogue is internal/smtpclient's
 // (pipelining, BDAT, per-command timeouts). Per-destination concurrency is the queue's job.
@@ -15,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -28,6 +33,7 @@ import (
 	"github.com/postamt/postamt/internal/mail"
 	"github.com/postamt/postamt/internal/smtp"
 	"github.com/postamt/postamt/internal/smtpclient"
+	"github.com/postamt/postamt/internal/tlspolicy"
 	"github.com/postamt/postamt/internal/transport"
 )
 
@@ -51,6 +57,11 @@ type Transport struct {
 	ReuseIdle time.Duration
 	ReuseMax  int
 
+	// TLSPolicy decides per domain and MX how much TLS is required; nil: opportunistic only.
+	TLSPolicy *tlspolicy.Engine
+	// Logger receives TLS checks that failed but did not stop delivery (MTA-STS testing).
+	Logger *slog.Logger
+
 	cache connCache
 }
 
@@ -68,28 +79,48 @@ func (t *Transport) Deliver(ctx context.Context, msg *transport.Message, rcpts [
 	if port == 0 {
 		port = 25
 	}
+	// A connection kept from the last message to this destination passed the same checks.
+	if res, ok := t.deliverCached(ctx, domain, msg, rcpts); ok {
+		return res, nil
+	}
 	var hosts []string
+	var dest *tlspolicy.Destination
 	if host, p, ok := mail.SplitNextHop(domain); ok {
 		// A relay host or transport-map entry: that server, no MX lookup.
 		hosts, port = []string{host}, p
+		dest = t.TLSPolicy.ForRelay(host)
 	} else {
 		var reply *smtp.Reply
 		if hosts, reply = t.exchangers(ctx, domain); reply != nil {
 			return nil, reply
 		}
-	}
-	if res, ok := t.deliverCached(ctx, domain, msg, rcpts); ok {
-		return res, nil
+		var err error
+		if dest, err = t.TLSPolicy.ForDomain(ctx, domain); err != nil {
+			return nil, smtp.Replyf(451, smtp.EnhancedCode{4, 4, 3}, "DNSSEC lookup of MX for %s failed, will retry", domain).WithErr(err)
+		}
+		if dest.MXSecure() {
+			// DANE is only as good as the MX names it protects: use the validated set (or the
+			// implicit MX when it validly has none), never hosts an unvalidated answer named.
+			hosts = []string{domain}
+			if len(dest.SecureMX) > 0 {
+				hosts = orderMX(dest.SecureMX)
+			}
+		}
 	}
 	var last *smtp.Reply
 	for _, h := range hosts {
+		req, err := dest.ForHost(ctx, h, port)
+		if err != nil {
+			last = policyReply(h, err)
+			continue
+		}
 		addrs, err := t.addresses(ctx, h)
 		if err != nil {
 			last = smtp.Replyf(451, smtp.EnhancedCode{4, 4, 3}, "Cannot resolve mail exchanger %s", h).WithErr(err)
 			continue
 		}
 		for _, a := range addrs {
-			res, err := t.deliverTo(ctx, a, port, h, domain, msg, rcpts)
+			res, err := t.deliverTo(ctx, a, port, h, domain, msg, rcpts, req)
 			if err == nil {
 				return res, nil
 			}
@@ -112,23 +143,7 @@ func (t *Transport) exchangers(ctx context.Context, domain string) ([]string, *s
 		// RFC 7505: the domain says it accepts no mail.
 		return nil, smtp.Replyf(556, smtp.EnhancedCode{5, 1, 10}, "Domain %s does not accept mail (null MX)", domain)
 	case err == nil && len(mxs) > 0:
-		sort.SliceStable(mxs, func(i, j int) bool { return mxs[i].Pref < mxs[j].Pref })
-		// Random order among equal preferences spreads load as the RFC asks.
-		for i := 0; i < len(mxs); {
-			j := i
-			for j < len(mxs) && mxs[j].Pref == mxs[i].Pref {
-				j++
-			}
-			rand.Shuffle(j-i, func(a, b int) { mxs[i+a], mxs[i+b] = mxs[i+b], mxs[i+a] })
-			i = j
-		}
-		hosts := make([]string, 0, len(mxs))
-		for _, mx := range mxs {
-			if h := strings.TrimSuffix(mx.Host, "."); h != "" {
-				hosts = append(hosts, h)
-			}
-		}
-		return hosts, nil
+		return orderMX(mxs), nil
 	case err != nil && !dns.IsNotFound(err):
 		return nil, smtp.Replyf(451, smtp.EnhancedCode{4, 4, 3}, "DNS lookup of MX for %s failed, will retry", domain).WithErr(err)
 	}
@@ -140,6 +155,27 @@ func (t *Transport) exchangers(ctx context.Context, domain string) ([]string, *s
 		return nil, smtp.Replyf(451, smtp.EnhancedCode{4, 4, 3}, "DNS lookup of %s failed, will retry", domain).WithErr(err)
 	}
 	return []string{domain}, nil
+}
+
+// orderMX sorts by preference, random among equals, and drops empty names.
+func orderMX(mxs []*net.MX) []string {
+	sort.SliceStable(mxs, func(i, j int) bool { return mxs[i].Pref < mxs[j].Pref })
+	// Random order among equal preferences spreads load as the RFC asks.
+	for i := 0; i < len(mxs); {
+		j := i
+		for j < len(mxs) && mxs[j].Pref == mxs[i].Pref {
+			j++
+		}
+		rand.Shuffle(j-i, func(a, b int) { mxs[i+a], mxs[i+b] = mxs[i+b], mxs[i+a] })
+		i = j
+	}
+	hosts := make([]string, 0, len(mxs))
+	for _, mx := range mxs {
+		if h := strings.TrimSuffix(mx.Host, "."); h != "" {
+			hosts = append(hosts, h)
+		}
+	}
+	return hosts
 }
 
 // addresses resolves a host; an IP literal is its own address.
@@ -178,14 +214,14 @@ func (cn *conn) bind(ctx context.Context) func() {
 // deliverTo connects to one server and runs the transaction. A nil reply means the transaction
 // ran and res holds each recipient's outcome; a reply means this server could not take the
 // message at all (the caller tries the next one if it is temporary).
-func (t *Transport) deliverTo(ctx context.Context, ip netip.Addr, port int, host, dest string, msg *transport.Message, rcpts []mail.Recipient) ([]transport.Result, *smtp.Reply) {
+func (t *Transport) deliverTo(ctx context.Context, ip netip.Addr, port int, host, dest string, msg *transport.Message, rcpts []mail.Recipient, req *tlspolicy.Requirement) ([]transport.Result, *smtp.Reply) {
 	nc, err := t.dial(ctx, net.JoinHostPort(ip.String(), strconv.Itoa(port)))
 	if err != nil {
 		return nil, smtp.Replyf(451, smtp.EnhancedCode{4, 4, 1}, "Cannot connect to %s [%s]", host, ip).WithErr(err)
 	}
 	cn := &conn{c: smtpclient.New(ctx, nc, t.Timeouts), host: host, tlsInfo: "none"}
 	unbind := cn.bind(ctx)
-	if reply := t.open(cn, dest); reply != nil {
+	if reply := t.open(cn, dest, req); reply != nil {
 		unbind()
 		nc.Close()
 		return nil, reply
@@ -196,8 +232,13 @@ func (t *Transport) deliverTo(ctx context.Context, ip netip.Addr, port int, host
 	return res, reply
 }
 
-// open greets, says EHLO, upgrades to TLS when offered and authenticates when configured.
-func (t *Transport) open(cn *conn, dest string) *smtp.Reply {
+// open greets, says EHLO, upgrades to TLS as req allows or demands, and authenticates when
+// configured. req says whether TLS is optional (RFC 7435: encrypted, not authenticated),
+// mandatory, or must also verify (MTA-STS, DANE, overrides); a server that falls short gets a
+// 4.7.x reply and nothing is sent to it. The certificate is checked by req.Check after the
+// handshake rather than by crypto/tls, so that DANE-EE can ignore names and dates and failures
+// read in the policy's words.
+func (t *Transport) open(cn *conn, dest string, req *tlspolicy.Requirement) *smtp.Reply {
 	c, host := cn.c, cn.host
 	if err := c.Greet(); err != nil {
 		// Even a 5xx greeting only means "not this host" (Postfix: smtp_skip_5xx_greeting).
@@ -208,23 +249,29 @@ func (t *Transport) open(cn *conn, dest string) *smtp.Reply {
 		r := stageReply(err, host, "EHLO")
 		return smtp.NewReply(451, smtp.EnhancedCode{4, 4, 0}, r.Text).WithErr(err)
 	}
-	// Opportunistic TLS (RFC 7435): encrypted, not authenticated; MTA-STS and DANE decide
-	// when authentication is required.
-	if c.Has("STARTTLS") {
+	if c.Has("STARTTLS") && req.Mode != tlspolicy.NoTLS {
 		err := c.StartTLS(&tls.Config{ServerName: strings.TrimPrefix(host, "IPv6:"), InsecureSkipVerify: true, MinVersion: tls.VersionTLS12})
 		var tlsErr *smtpclient.TLSError
 		switch {
 		case errors.As(err, &tlsErr):
 			return smtp.Replyf(451, smtp.EnhancedCode{4, 7, 5}, "TLS handshake with %s failed", host).WithErr(err)
 		case err != nil && isReply(err):
-			// STARTTLS refused: carry on in plain text.
+			// STARTTLS refused: carry on in plain text if the policy allows.
 		case err != nil:
 			return stageReply(err, host, "STARTTLS")
 		}
-		if c.TLS != nil {
-			cn.tlsInfo = tls.VersionName(c.TLS.Version) + " " + tls.CipherSuiteName(c.TLS.CipherSuite)
+	}
+	if err := req.Check(c.TLS); err != nil {
+		switch {
+		case !req.Enforced():
+			t.logger().Warn("tls policy check failed in testing mode, delivering anyway", "mx", host, "err", err)
+		case c.TLS == nil:
+			return smtp.Replyf(451, smtp.EnhancedCode{4, 7, 4}, "TLS required, message not sent to %s: %v", host, err).WithErr(err)
+		default:
+			return smtp.Replyf(451, smtp.EnhancedCode{4, 7, 5}, "TLS policy not met, message not sent to %s: %v", host, err).WithErr(err)
 		}
 	}
+	cn.tlsInfo = req.Describe(c.TLS)
 	if cred, ok := t.Auth[dest]; ok {
 		if c.TLS == nil {
 			return smtp.Replyf(451, smtp.EnhancedCode{4, 7, 10}, "Relay host %s offers no TLS; not sending the password in clear", host)
@@ -393,6 +440,24 @@ func (t *Transport) idleLimit() time.Duration {
 		return t.ReuseIdle
 	}
 	return 5 * time.Second
+}
+
+func (t *Transport) logger() *slog.Logger {
+	if t.Logger != nil {
+		return t.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// policyReply is the answer for a host the TLS policy rules out before connecting.
+func policyReply(host string, err error) *smtp.Reply {
+	switch {
+	case errors.Is(err, tlspolicy.ErrLookup):
+		return smtp.Replyf(451, smtp.EnhancedCode{4, 7, 5}, "DNSSEC lookup of TLSA records for %s failed, will retry", host).WithErr(err)
+	case errors.Is(err, tlspolicy.ErrMXNotInPolicy):
+		return smtp.Replyf(451, smtp.EnhancedCode{4, 7, 5}, "Mail exchanger %s is not allowed by the domain's MTA-STS policy", host).WithErr(err)
+	}
+	return smtp.Replyf(451, smtp.EnhancedCode{4, 7, 5}, "TLS policy cannot be met for %s: %v", host, err).WithErr(err)
 }
 
 // deliverCached tries an idle connection to dest. ok is false when there was none that works;
