@@ -143,7 +143,7 @@ func Default() *Config {
 		},
 		Outbound: Outbound{Port: 25, DestinationLimit: 20, MaxConnections: 100, ConnectionReuse: Duration(5 * time.Second),
 			TLS: OutboundTLS{MTASTS: true}},
-		Metrics:  Metrics{Listen: ""},
+		Metrics: Metrics{Listen: ""},
 	}
 }
 
