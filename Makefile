@@ -2,7 +2,7 @@
 GO ?= go
 FUZZTIME ?= 10
 
-.PHONY: run build test deps lint unit e2e interop fuzz bench bench-quick soak clean
+.PHONY: run build test deps lint unit e2e interop fuzz bench bench-quick bench-relay soak clean
 
 ## run: start the server with embedded defaults (SMTP on 127.0.0.1:2525, data in ./postamt-data)
 run:
@@ -39,9 +39,15 @@ fuzz:
 ## bench: side-by-side benchmark against Postfix, Mailpit and smtp-sink (see docs/benchmarks.md)
 bench:
 	bash scripts/bench.sh
+	bash scripts/bench-relay.sh
 
 bench-quick:
 	bash scripts/bench.sh --quick
+	bash scripts/bench-relay.sh --quick
+
+## bench-relay: end-to-end relay through Postamt and Postfix to smtp-sink (issue 4)
+bench-relay:
+	bash scripts/bench-relay.sh
 
 ## soak: the long crash run (20+ kills under load)
 soak:
