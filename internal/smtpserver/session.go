@@ -154,6 +154,11 @@ func (s *session) serve() {
 		s.flush()
 		return
 	}
+	if d := s.srv.opts.GreetDelay; d > 0 {
+		if !s.waitGreet(d) {
+			return
+		}
+	}
 	if r := s.srv.opts.Policy.Conn(s.ctx, s.pc); r.Refused() {
 		// RFC 5321 §3.1 allows 554 instead of the greeting; we close at once rather than wait
 		// for a QUIT from a client we do not want.
@@ -194,6 +199,25 @@ func (s *session) serve() {
 		}
 	}
 	s.flush()
+}
+
+// waitGreet waits up to d before the greeting and records whether the client sent anything
+// meanwhile. What it sent stays buffered: a check refuses such a client, or, if none does, the
+// commands are answered as usual. It returns false when the client has gone.
+func (s *session) waitGreet(d time.Duration) bool {
+	s.conn.SetReadDeadline(time.Now().Add(d))
+	_, err := s.r.Peek(1)
+	s.conn.SetReadDeadline(time.Time{})
+	var ne net.Error
+	switch {
+	case err == nil:
+		s.pc.PreGreet = true
+	case errors.As(err, &ne) && ne.Timeout():
+	default:
+		s.end = "disconnected before greeting"
+		return false
+	}
+	return true
 }
 
 // readFailed ends the session after a read error: a timeout gets its 421 (RFC 5321 §4.5.3.2),

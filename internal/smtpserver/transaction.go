@@ -237,8 +237,18 @@ func (s *session) finishBody(w *spool.Writer, sink *dataSink) {
 		r := s.srv.opts.Policy.Data(s.ctx, pt, spooled{w})
 		if r.Refused() {
 			reply = r.Reply
-		} else if len(pt.Headers) > 0 {
-			w.Prepend([]byte(strings.Join(pt.Headers, "\r\n") + "\r\n"))
+		} else {
+			// Overwrites are offsets into the body as the checks read it, so they go first.
+			for _, o := range pt.Overwrites {
+				if err := w.Overwrite(o.Offset, o.Data); err != nil {
+					s.srv.log.Error("cannot edit the message as a check asked", "session", s.id, "id", w.ID(), "err", err)
+					reply = smtp.ReplyFor(err, w.ID())
+					break
+				}
+			}
+			if reply == nil && len(pt.Headers) > 0 {
+				w.Prepend([]byte(strings.Join(pt.Headers, "\r\n") + "\r\n"))
+			}
 		}
 	}
 	if reply != nil {
