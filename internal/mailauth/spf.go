@@ -76,6 +76,9 @@ type SPFCheck struct {
 func (*SPFCheck) Name() string { return "spf" }
 
 func (c *SPFCheck) CheckHelo(ctx context.Context, conn *policy.Conn) policy.Verdict {
+	if skip(conn) {
+		return policy.Verdict{}
+	}
 	st := stateFor(conn, nil)
 	helo := conn.Helo
 	if strings.HasPrefix(helo, "[") || !strings.Contains(helo, ".") {
@@ -88,6 +91,9 @@ func (c *SPFCheck) CheckHelo(ctx context.Context, conn *policy.Conn) policy.Verd
 }
 
 func (c *SPFCheck) CheckMail(ctx context.Context, t *policy.Txn) policy.Verdict {
+	if skip(t.Conn) {
+		return policy.Verdict{}
+	}
 	st := stateFor(t.Conn, t)
 	var r SPFResult
 	if t.From == "" && st.helo != nil {

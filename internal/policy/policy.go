@@ -97,12 +97,22 @@ type Conn struct {
 	// PreGreet is set when the client sent something before our greeting (the server waited
 	// Options.GreetDelay for it): a real SMTP client waits for the banner, a spam bot often not.
 	PreGreet bool
-	TLS      *tls.ConnectionState // nil in plain text
-	AuthUser string               // "" unless authenticated
-	Values   map[string]any       // per-session state a check keeps between stages
-	Now      func() time.Time     // the server's clock
-	Logger   *slog.Logger         // for checks that need to say more than their verdict
+	// Trusted is set by the allowlist check for clients in its trusted networks (loopback by
+	// default): Postamt's own checks leave them alone, as Postfix does for mynetworks.
+	Trusted bool
+	// Allowlisted names the allowlist that vouches for the client ("list.dnswl.example");
+	// reputation checks (DNSBL, greylisting, pre-greet, rate limits) then skip it, sender
+	// authentication still runs.
+	Allowlisted string
+	TLS         *tls.ConnectionState // nil in plain text
+	AuthUser    string               // "" unless authenticated
+	Values      map[string]any       // per-session state a check keeps between stages
+	Now         func() time.Time     // the server's clock
+	Logger      *slog.Logger         // for checks that need to say more than their verdict
 }
+
+// Exempt reports whether reputation checks should leave the client alone.
+func (c *Conn) Exempt() bool { return c.Trusted || c.Allowlisted != "" || c.AuthUser != "" }
 
 // Txn is the mail transaction being checked.
 type Txn struct {
