@@ -35,6 +35,7 @@ type App struct {
 	log     *slog.Logger
 	addrs   []net.Addr
 	metrics *observe.MetricsServer
+	checks  *builtChecks
 	errc    chan error
 }
 
@@ -51,6 +52,8 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		local = &maildir.Transport{Root: cfg.Path(cfg.Local.MaildirRoot), Hostname: cfg.Hostname}
 	}
 	hist := observe.NewHistograms()
+	// One resolver for delivery and for the checks: outbound.dns_servers or the system's.
+	resolver := dns.System(cfg.Outbound.DNSServers)
 	rt := router.New(cfg.Local, cfg.Outbound)
 	bouncer := &bounce.Bouncer{Hostname: cfg.Hostname, Router: rt, Logger: log, Now: time.Now}
 	q, err := queue.Open(queue.Options{
@@ -63,7 +66,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		DestinationLimit: cfg.Outbound.DestinationLimit,
 		Workers:          cfg.Queue.DeliveryWorkers,
 		Transports: []transport.Transport{local, &remote.Transport{
-			Resolver: dns.System(cfg.Outbound.DNSServers), Hostname: cfg.Hostname, Port: cfg.Outbound.Port,
+			Resolver: resolver, Hostname: cfg.Hostname, Port: cfg.Outbound.Port,
 		}},
 		Logger: log,
 	})
@@ -72,6 +75,11 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 	}
 	bouncer.Intake = q // the DSN goes back in through the same queue
 	tlsConf, err := certs.ServerConfig(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.Path("tls"), cfg.Hostname)
+	if err != nil {
+		q.Close(context.Background())
+		return nil, err
+	}
+	checks, err := buildChecks(cfg, checkDeps{Resolver: resolver, Now: time.Now, Logger: log})
 	if err != nil {
 		q.Close(context.Background())
 		return nil, err
@@ -90,8 +98,10 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		Logger:        log,
 		IDs:           observe.NewIDGen(nil),
 		CommitLatency: hist.Commit,
+		Policy:        checks.Chain,
+		GreetDelay:    checks.GreetDelay,
 	})
-	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, errc: make(chan error, len(l.Listen))}
+	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, checks: checks, errc: make(chan error, len(l.Listen))}
 	var lns []net.Listener
 	for _, addr := range l.Listen {
 		ln, err := net.Listen("tcp", addr)
@@ -100,6 +110,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 				x.Close()
 			}
 			q.Close(context.Background())
+			checks.Close()
 			return nil, fmt.Errorf("smtp.listen %s: %w", addr, err)
 		}
 		lns = append(lns, ln)
@@ -147,6 +158,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 	defer cancel()
 	if qerr := a.Queue.Close(qctx); err == nil {
 		err = qerr
+	}
+	if cerr := a.checks.Close(); err == nil {
+		err = cerr
 	}
 	a.log.Info("stopped")
 	return err

@@ -21,6 +21,7 @@ type Config struct {
 	Local    Local     `toml:"local"`
 	Outbound Outbound  `toml:"outbound"`
 	Metrics  Metrics   `toml:"metrics"`
+	Checks   Checks    `toml:"checks"`
 	file     string    // where the settings came from, for messages
 	pos      positions // option → line, for semantic errors
 }
@@ -123,6 +124,7 @@ func Default() *Config {
 		},
 		Outbound: Outbound{Port: 25, DestinationLimit: 20},
 		Metrics:  Metrics{Listen: ""},
+		Checks:   defaultChecks(),
 	}
 }
 
