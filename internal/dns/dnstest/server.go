@@ -3,6 +3,8 @@ package dnstest
 import (
 	"context"
 	"net"
+	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,7 +88,48 @@ func answer(z *Zone, m *mdns.Msg, q mdns.Question) {
 			}
 		}
 	}
+	if q.Qtype == mdns.TypePTR {
+		// Zone.PTR is keyed by address, as LookupAddr is called; the wire asks for the
+		// in-addr.arpa or ip6.arpa name.
+		if addr, ok := fromReverse(name); ok {
+			if names, ok := z.PTR[addr]; ok {
+				known = true
+				for _, n := range names {
+					m.Answer = append(m.Answer, &mdns.PTR{Hdr: hdr(mdns.TypePTR), Ptr: mdns.Fqdn(n)})
+				}
+			}
+		}
+	}
 	if !known {
 		m.Rcode = mdns.RcodeNameError
 	}
+}
+
+// fromReverse turns "4.3.2.1.in-addr.arpa" into "1.2.3.4" (and nibbles under ip6.arpa into
+// the IPv6 address).
+func fromReverse(name string) (string, bool) {
+	if v4, ok := strings.CutSuffix(name, ".in-addr.arpa"); ok {
+		p := strings.Split(v4, ".")
+		if len(p) != 4 {
+			return "", false
+		}
+		a, err := netip.ParseAddr(p[3] + "." + p[2] + "." + p[1] + "." + p[0])
+		return a.String(), err == nil
+	}
+	if v6, ok := strings.CutSuffix(name, ".ip6.arpa"); ok {
+		p := strings.Split(v6, ".")
+		if len(p) != 32 {
+			return "", false
+		}
+		var b strings.Builder
+		for i := 31; i >= 0; i-- {
+			b.WriteString(p[i])
+			if i%4 == 0 && i > 0 {
+				b.WriteByte(':')
+			}
+		}
+		a, err := netip.ParseAddr(b.String())
+		return a.String(), err == nil
+	}
+	return "", false
 }
