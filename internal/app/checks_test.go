@@ -43,12 +43,12 @@ func (l *lockedBuffer) String() string {
 // smtpClient is a bare client that can choose its source address (127.0.0.x) and see every
 // reply code.
 type smtpClient struct {
-	t *testing.T
+	t testing.TB
 	c net.Conn
 	r *bufio.Reader
 }
 
-func dialFrom(t *testing.T, from, addr string) *smtpClient {
+func dialFrom(t testing.TB, from, addr string) *smtpClient {
 	t.Helper()
 	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
 	c, err := d.Dial("tcp", addr)

@@ -84,7 +84,7 @@ func answer(z *Zone, m *mdns.Msg, q mdns.Question) {
 		known = true
 		if q.Qtype == mdns.TypeTXT {
 			for _, s := range txts {
-				m.Answer = append(m.Answer, &mdns.TXT{Hdr: hdr(mdns.TypeTXT), Txt: []string{s}})
+				m.Answer = append(m.Answer, &mdns.TXT{Hdr: hdr(mdns.TypeTXT), Txt: chunks(s)})
 			}
 		}
 	}
@@ -132,4 +132,15 @@ func fromReverse(name string) (string, bool) {
 		return a.String(), err == nil
 	}
 	return "", false
+}
+
+// chunks splits a TXT value into the 255-octet character-strings of RFC 1035 §3.3.14; a DKIM
+// RSA key does not fit in one. Resolvers join them again.
+func chunks(s string) []string {
+	var out []string
+	for len(s) > 255 {
+		out = append(out, s[:255])
+		s = s[255:]
+	}
+	return append(out, s)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/postamt/postamt/internal/dns"
@@ -16,7 +17,7 @@ func TestServerThroughSystemResolver(t *testing.T) {
 		MX:   map[string][]*net.MX{"remote.test": {{Host: "mx.remote.test.", Pref: 10}}, "null.test": {{Host: ".", Pref: 0}}},
 		A:    map[string][]netip.Addr{"mx.remote.test": {netip.MustParseAddr("127.0.0.1")}},
 		Fail: map[string]bool{"broken.test": true},
-		TXT:  map[string][]string{"remote.test": {"v=spf1 -all"}},
+		TXT:  map[string][]string{"remote.test": {"v=spf1 -all"}, "long.test": {strings.Repeat("k", 600)}},
 		PTR:  map[string][]string{"127.0.0.9": {"mx.remote.test."}, "2001:db8::1": {"v6.remote.test."}},
 	}
 	r := dns.System([]string{Server(t, z)})
@@ -37,6 +38,9 @@ func TestServerThroughSystemResolver(t *testing.T) {
 	}
 	if txt, err := r.LookupTXT(ctx, "remote.test"); err != nil || len(txt) != 1 || txt[0] != "v=spf1 -all" {
 		t.Fatalf("TXT: %v %v", txt, err)
+	}
+	if txt, err := r.LookupTXT(ctx, "long.test"); err != nil || len(txt) != 1 || txt[0] != strings.Repeat("k", 600) {
+		t.Fatalf("long TXT: %v %v", txt, err)
 	}
 	for addr, want := range map[string]string{"127.0.0.9": "mx.remote.test.", "2001:db8::1": "v6.remote.test."} {
 		if names, err := r.LookupAddr(ctx, addr); err != nil || len(names) != 1 || names[0] != want {
