@@ -18,14 +18,14 @@ import (
 
 // DMARCResult is the evaluation of RFC 7489 §6.6 for one message.
 type DMARCResult struct {
-	Result     string // pass, fail, none, temperror, permerror
-	FromDomain string // RFC5322.From domain
-	Policy     string // the policy that applies: none, quarantine, reject ("" without record)
-	Applied    string // after pct= sampling: the policy actually applied
-	SPFAligned bool
+	Result      string // pass, fail, none, temperror, permerror
+	FromDomain  string // RFC5322.From domain
+	Policy      string // the policy that applies: none, quarantine, reject ("" without record)
+	Applied     string // after pct= sampling: the policy actually applied
+	SPFAligned  bool
 	DKIMAligned bool
-	Why        string // plain-words reason for a fail ("SPF fail and no aligned DKIM signature")
-	Err        error
+	Why         string // plain-words reason for a fail ("SPF fail and no aligned DKIM signature")
+	Err         error
 }
 
 // EvaluateDMARC looks up the policy of the author domain (or of its organizational domain) and
