@@ -9,6 +9,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,12 +27,12 @@ func System(servers []string) *net.Resolver {
 	if len(servers) == 0 {
 		return &net.Resolver{PreferGo: true}
 	}
-	var next int
+	// Dial is called from concurrent lookups (parallel DNS list queries, every session).
+	var next atomic.Uint32
 	return &net.Resolver{
 		PreferGo: true,
 		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			s := servers[next%len(servers)]
-			next++
+			s := servers[int(next.Add(1)-1)%len(servers)]
 			d := net.Dialer{Timeout: 5 * time.Second}
 			return d.DialContext(ctx, network, s)
 		},

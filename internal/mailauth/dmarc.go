@@ -146,11 +146,11 @@ func fromDomain(fields []Field) (string, error) {
 		if at := strings.LastIndexByte(v, '@'); at > 0 && !strings.ContainsAny(v, " ,;<>") {
 			return strings.ToLower(v[at+1:]), nil
 		}
-		return "", fmt.Errorf("From field %q does not name one address", from[0])
+		return "", fmt.Errorf("the From field %q does not name one address", from[0])
 	}
 	at := strings.LastIndexByte(addrs[0].Address, '@')
 	if at < 0 {
-		return "", fmt.Errorf("From address %q has no domain", addrs[0].Address)
+		return "", fmt.Errorf("the From address %q has no domain", addrs[0].Address)
 	}
 	return strings.ToLower(addrs[0].Address[at+1:]), nil
 }

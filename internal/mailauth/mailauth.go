@@ -8,8 +8,6 @@ package mailauth
 
 import (
 	"context"
-	"errors"
-	"net"
 
 	"github.com/postamt/postamt/internal/dns"
 	"github.com/postamt/postamt/internal/policy"
@@ -45,15 +43,6 @@ func stateFor(c *policy.Conn, t *policy.Txn) *state {
 // lookupTXT adapts the resolver to go-msgauth's context-free callback.
 func lookupTXT(ctx context.Context, r dns.Resolver) func(string) ([]string, error) {
 	return func(name string) ([]string, error) { return r.LookupTXT(ctx, name) }
-}
-
-// isTemporary tells a DNS failure worth retrying from "no such record".
-func isTemporary(err error) bool {
-	var de *net.DNSError
-	if errors.As(err, &de) {
-		return de.IsTemporary || de.IsTimeout
-	}
-	return errors.Is(err, context.DeadlineExceeded)
 }
 
 // skip leaves trusted and authenticated clients alone: their mail is ours, not a stranger's.
