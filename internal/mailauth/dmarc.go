@@ -58,7 +58,9 @@ func EvaluateDMARC(ctx context.Context, r dns.Resolver, fromDomain string, mailF
 	if atOrg && rec.SubdomainPolicy != "" {
 		res.Policy = string(rec.SubdomainPolicy)
 	}
-	if mailFrom != nil && mailFrom.Result == spf.Pass && mailFrom.Identity == "mailfrom" {
+	// mailFrom is the MAIL FROM identity; for the null path RFC 7208 §2.4 makes that
+	// postmaster@HELO, and RFC 7489 §4.1 uses it as such.
+	if mailFrom != nil && mailFrom.Result == spf.Pass {
 		res.SPFAligned = aligned(mailFrom.Domain, res.FromDomain, rec.SPFAlignment == dmarc.AlignmentStrict)
 	}
 	passing := 0
@@ -103,10 +105,8 @@ func failWhy(mailFrom *SPFResult, from string, sigs, passing int) string {
 	switch {
 	case mailFrom == nil:
 		spfPart = "no SPF result"
-	case mailFrom.Result == spf.Pass && mailFrom.Identity == "mailfrom":
+	case mailFrom.Result == spf.Pass:
 		spfPart = fmt.Sprintf("SPF pass for %s is not aligned with %s", mailFrom.Domain, from)
-	case mailFrom.Identity == "helo":
-		spfPart = "SPF of the HELO name does not count (null sender)"
 	default:
 		spfPart = "SPF " + string(mailFrom.Result)
 	}

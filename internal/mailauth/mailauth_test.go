@@ -82,6 +82,7 @@ func testZone(t testing.TB) *dnstest.Zone {
 			"perm.example":                 {"v=spf1 bogus:thing -all"},
 			"helo.example.net":             {"v=spf1 ip4:192.0.2.1 -all"},
 			"_dmarc.example.com":           {"v=DMARC1; p=reject; sp=reject"},
+			"_dmarc.example.net":           {"v=DMARC1; p=reject"},
 			"_dmarc.strict.example":        {"v=DMARC1; p=reject; aspf=s; adkim=s"},
 			"mail.strict.example":          {"v=spf1 ip4:192.0.2.1 -all"},
 			"_dmarc.quiet.example":         {"v=DMARC1; p=none; sp=reject"},
@@ -162,6 +163,11 @@ func TestDMARCCombinations(t *testing.T) {
 	}{
 		{name: "spf aligned", ip: clientIP, mailFrom: "joe@example.com", body: plain,
 			summary: "spf=pass dkim=none dmarc=pass", ar: "spf=pass smtp.mailfrom=example.com"},
+		{name: "null sender: SPF of the HELO name aligns", ip: clientIP, mailFrom: "", body: withFrom("mailer-daemon@example.net"),
+			summary: "spf=pass dkim=none dmarc=pass", ar: "spf=pass smtp.helo=helo.example.net"},
+		{name: "null sender from elsewhere", ip: strangeIP, mailFrom: "", body: withFrom("mailer-daemon@example.net"),
+			action: policy.Reject, summary: "spf=fail dkim=none dmarc=fail",
+			reply: "550 5.7.26 DMARC policy of example.net is reject: SPF fail and no DKIM signature"},
 		{name: "spf relaxed alignment", ip: clientIP, mailFrom: "b@bounce.example.com", body: plain,
 			summary: "spf=pass dkim=none dmarc=pass"},
 		{name: "spf fail, no dkim, p=reject", ip: strangeIP, mailFrom: "joe@example.com", body: plain,
@@ -207,7 +213,11 @@ func TestDMARCCombinations(t *testing.T) {
 				tc.body = sign(t, tc.body, "rsa.example", rsaKey)
 				tc.summary = "spf=softfail dkim=pass dmarc=none"
 			}
-			res, tx := run(t, z, tc.ip, "client.example.net", tc.mailFrom, tc.body, tc.sample)
+			helo := "client.example.net"
+			if tc.mailFrom == "" {
+				helo = "helo.example.net"
+			}
+			res, tx := run(t, z, tc.ip, helo, tc.mailFrom, tc.body, tc.sample)
 			if res.Action != tc.action {
 				t.Errorf("action %s (%s), want %s", res.Action, res.Reason, tc.action)
 			}
