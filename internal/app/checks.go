@@ -115,6 +115,8 @@ func buildChecks(cfg *config.Config, d checkDeps) (*builtChecks, error) {
 		auth = true
 		b.add(&mailauth.DMARCCheck{Resolver: d.Resolver, OnReject: config.Action(c.OnReject), OnQuarantine: config.Action(c.OnQuarantine)}, c.CheckCommon)
 	}
+	// Content checks (rspamd, ClamAV, milters, attachments) go here, after DMARC so that a
+	// refused forgery costs no scan: contentChecks(cfg, d, b) appends them with b.add.
 	if auth || k.SPF.Enabled {
 		// Not a configurable check: whenever results exist they are reported, and forged
 		// reports in our name are renamed. It reads only the header, in memory.
