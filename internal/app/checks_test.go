@@ -184,7 +184,7 @@ delay = "1s"
 	if strings.Count(body, "Authentication-Results: mx.example.test;") != 1 {
 		t.Errorf("want exactly one Authentication-Results of ours:\n%s", body)
 	}
-	for _, want := range []string{"spf=pass smtp.mailfrom=sender.test", "dkim=pass header.d=sender.test", "dmarc=pass header.from=sender.test",
+	for _, want := range []string{"iprev=pass policy.iprev=127.0.0.1", "spf=pass smtp.mailfrom=sender.test", "dkim=pass header.d=sender.test", "dmarc=pass header.from=sender.test",
 		"X-Spoofed-Auth-Results: mx.example.test; dmarc=pass header.from=bank.test"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("delivered message lacks %q:\n%s", want, body)

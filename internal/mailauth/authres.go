@@ -79,6 +79,9 @@ func AuthServID(value string) string {
 // results turns the transaction's findings into RFC 8601 result clauses, in check order.
 func (st *state) results(t *policy.Txn) []authres.Result {
 	var rs []authres.Result
+	if r, ok := t.Conn.Values[policy.IPRevKey].(string); ok {
+		rs = append(rs, &authres.IPRevResult{Value: authres.ResultValue(r), IP: t.Conn.RemoteIP.String()})
+	}
 	if st.mail != nil {
 		r := &authres.SPFResult{Value: authres.ResultValue(st.mail.Result)}
 		if st.mail.Identity == "helo" {

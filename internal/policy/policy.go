@@ -106,10 +106,14 @@ type Conn struct {
 	Allowlisted string
 	TLS         *tls.ConnectionState // nil in plain text
 	AuthUser    string               // "" unless authenticated
-	Values      map[string]any       // per-session state a check keeps between stages
+	Values      map[string]any       // per-session state a check keeps between stages; see IPRevKey
 	Now         func() time.Time     // the server's clock
 	Logger      *slog.Logger         // for checks that need to say more than their verdict
 }
+
+// IPRevKey is the Values entry where the FCrDNS check leaves its result ("pass", "fail",
+// "temperror") for the Authentication-Results header's iprev method (RFC 8601 §3).
+const IPRevKey = "iprev"
 
 // Exempt reports whether reputation checks should leave the client alone.
 func (c *Conn) Exempt() bool { return c.Trusted || c.Allowlisted != "" || c.AuthUser != "" }

@@ -64,6 +64,16 @@ func (f *FCrDNS) CheckConn(ctx context.Context, c *policy.Conn) policy.Verdict {
 		return policy.Verdict{}
 	}
 	name, err := Confirm(ctx, f.Resolver, c.RemoteIP)
+	if c.Values != nil {
+		switch {
+		case name != "":
+			c.Values[policy.IPRevKey] = "pass"
+		case err != nil:
+			c.Values[policy.IPRevKey] = "temperror"
+		default:
+			c.Values[policy.IPRevKey] = "fail"
+		}
+	}
 	switch {
 	case name != "":
 		return policy.Verdict{Result: "pass", Reason: c.RemoteIP.String() + " is " + name}

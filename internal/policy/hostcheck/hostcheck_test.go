@@ -23,7 +23,11 @@ func TestFCrDNS(t *testing.T) {
 	for ip, want := range map[string]string{
 		"192.0.2.1": "pass", "192.0.2.2": "fail", "192.0.2.9": "fail", "192.0.2.3": "temperror", "192.0.2.4": "temperror",
 	} {
-		v := f.CheckConn(context.Background(), &policy.Conn{RemoteIP: a(ip)})
+		c := &policy.Conn{RemoteIP: a(ip), Values: map[string]any{}}
+		v := f.CheckConn(context.Background(), c)
+		if c.Values[policy.IPRevKey] != want {
+			t.Errorf("%s: iprev %v, want %s", ip, c.Values[policy.IPRevKey], want)
+		}
 		if v.Result != want {
 			t.Errorf("%s: %s (%v), want %s", ip, v.Result, v.Err, want)
 		}
