@@ -86,9 +86,12 @@ func buildChecks(cfg *config.Config, d checkDeps) (*builtChecks, error) {
 		b.add(&hostcheck.FCrDNS{Resolver: d.Resolver, OnFail: config.Action(f.Action)}, f.CheckCommon)
 	}
 	if h := k.Helo; h.Enabled {
-		names := []string{strings.ToLower(cfg.Hostname)}
-		for _, dom := range cfg.Local.Domains {
-			names = append(names, strings.ToLower(dom))
+		// "localhost" (the default local domain) is every machine's name, not a claim to be us.
+		var names []string
+		for _, n := range append([]string{cfg.Hostname}, cfg.Local.Domains...) {
+			if strings.Contains(n, ".") {
+				names = append(names, strings.ToLower(n))
+			}
 		}
 		b.add(&hostcheck.Helo{OurNames: names, Strict: h.Strict, Action: config.Action(h.Action)}, h.CheckCommon)
 	}
