@@ -198,3 +198,55 @@ delay = "1s"
 		}
 	}
 }
+
+// The chain follows [checks]: enabled checks in the fixed order, each with its sub-table's
+// timeout and fail rule; disabled ones absent.
+func TestBuildChecksFromConfig(t *testing.T) {
+	dir := t.TempDir()
+	cfg, err := config.Parse("test.toml", []byte(`
+hostname = "mx.example.test"
+data_dir = "`+dir+`"
+[checks]
+reject_score = 7
+[checks.pregreet]
+enabled = true
+delay = "2s"
+[checks.dnsbl]
+enabled = true
+fail_closed = true
+timeout = "3s"
+lists = [{ zone = "bl.test" }]
+[checks.greylist]
+enabled = true
+[checks.fcrdns]
+enabled = false
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := buildChecks(cfg, checkDeps{Resolver: &dnstest.Zone{}, Now: time.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var names []string
+	for _, e := range b.Chain.Entries {
+		names = append(names, e.Check.Name())
+		if e.Check.Name() == "dnsbl" && (!e.FailClosed || e.Timeout != 3*time.Second) {
+			t.Errorf("dnsbl entry %+v", e)
+		}
+		if e.Check.Name() == "spf" && (e.FailClosed || e.Timeout != 20*time.Second) {
+			t.Errorf("spf entry %+v", e)
+		}
+	}
+	want := "allowlist ratelimit pregreet dnsbl helo spf greylist dkim dmarc authres"
+	if got := strings.Join(names, " "); got != want {
+		t.Errorf("chain %q, want %q", got, want)
+	}
+	if b.GreetDelay != 2*time.Second || b.Chain.RejectScore != 7 {
+		t.Errorf("greet delay %v, reject score %v", b.GreetDelay, b.Chain.RejectScore)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "greylist.db")); err != nil {
+		t.Errorf("greylist database not in data_dir: %v", err)
+	}
+}
