@@ -191,8 +191,9 @@ delay = "1s"
 		}
 	}
 	log := logs.String()
-	for _, want := range []string{`checks="dnsbl=listed:bl.test=127.0.0.2"`, "greylist=deferred", "spf=pass greylist=pass dkim=pass dmarc=pass",
-		"spf=fail greylist=pass dkim=none dmarc=fail"} {
+	for _, want := range []string{`checks="dnsbl=listed:bl.test=127.0.0.2"`, "greylist=deferred",
+		`checks="dnsbl=clean fcrdns=pass helo=ok spf=pass greylist=pass dkim=pass dmarc=pass authres=forged-removed"`,
+		`checks="dnsbl=clean fcrdns=pass helo=ok spf=fail greylist=pass dkim=none dmarc=fail"`} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %q", want)
 		}

@@ -256,7 +256,7 @@ func (s *session) finishBody(w *spool.Writer, sink *dataSink) {
 		s.rejected++
 		s.srv.Stats.Rejected.Add(1)
 		s.srv.log.Info("message rejected", "session", s.id, "client", s.ip.String(), "from", tx.from.String(), "reply", reply.Line(),
-			"checks", policy.Summary(pt.Outcomes))
+			"checks", s.checksSummary(pt.Outcomes))
 		s.reply(reply)
 		return
 	}
@@ -286,8 +286,8 @@ func (s *session) finishBody(w *spool.Writer, sink *dataSink) {
 	}
 	attrs := []any{"session", s.id, "id", env.ID, "client", s.ip.String(), "from", tx.from.String(),
 		"rcpts", len(env.Rcpts), "size", env.Size, "commit", time.Since(start).Round(time.Microsecond)}
-	if len(pt.Outcomes) > 0 {
-		attrs = append(attrs, "checks", policy.Summary(pt.Outcomes))
+	if sum := s.checksSummary(pt.Outcomes); sum != "" {
+		attrs = append(attrs, "checks", sum)
 	}
 	if env.Quarantine != "" {
 		attrs = append(attrs, "quarantine", env.Quarantine)

@@ -203,7 +203,10 @@ func (g *Greylist) CheckRcpt(ctx context.Context, t *policy.Txn, rcpt smtp.Path,
 	if d.Pass {
 		return policy.Verdict{Result: "pass"}
 	}
-	secs := int(d.Wait.Round(time.Second) / time.Second)
+	secs, unit := max(int(d.Wait.Round(time.Second)/time.Second), 1), "seconds"
+	if secs == 1 {
+		unit = "second"
+	}
 	return policy.Verdict{Action: policy.Tempfail, Result: "deferred", Reason: "greylisted (" + d.Reason + ")",
-		Reply: smtp.Replyf(451, smtp.EnhancedCode{4, 7, 1}, "Greylisted: please try again in %d seconds", max(secs, 1))}
+		Reply: smtp.Replyf(451, smtp.EnhancedCode{4, 7, 1}, "Greylisted: please try again in %d %s", secs, unit)}
 }
