@@ -27,12 +27,12 @@ func System(servers []string) *net.Resolver {
 	if len(servers) == 0 {
 		return &net.Resolver{PreferGo: true}
 	}
-	// Dial is called from concurrent lookups (parallel DNS list queries, every session).
-	var next atomic.Uint32
+	// Dial runs on concurrent lookups (A and AAAA in parallel, many deliveries at once).
+	var next atomic.Uint64
 	return &net.Resolver{
 		PreferGo: true,
 		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			s := servers[int(next.Add(1)-1)%len(servers)]
+			s := servers[(next.Add(1)-1)%uint64(len(servers))]
 			d := net.Dialer{Timeout: 5 * time.Second}
 			return d.DialContext(ctx, network, s)
 		},

@@ -37,6 +37,8 @@ type Options struct {
 	// DestinationLimit caps simultaneous deliveries to one remote destination (domain or relay
 	// host); 0 means 20, Postfix's default_destination_concurrency_limit.
 	DestinationLimit int
+	// RemoteLimit caps simultaneous deliveries to all remote destinations together; 0 means 100.
+	RemoteLimit int
 	// AttemptTimeout bounds one delivery attempt.
 	AttemptTimeout time.Duration
 	// ScanInterval is how often the scheduler looks for due retries.
@@ -77,6 +79,7 @@ type Queue struct {
 	mu            sync.Mutex
 	inflight      map[string]int64   // rcptKey → busy, or a tombstone (see release)
 	active        map[mail.Route]int // deliveries running per limited route
+	activeRemote  int                // deliveries running on all limited routes
 	turnedAway    atomic.Bool        // a job waited for a slot since the last unclaim
 	commitSeq     atomic.Int64       // transactions committed so far
 	wg            sync.WaitGroup
@@ -119,6 +122,9 @@ func Open(opts Options) (*Queue, error) {
 	}
 	if opts.DestinationLimit <= 0 {
 		opts.DestinationLimit = 20
+	}
+	if opts.RemoteLimit <= 0 {
+		opts.RemoteLimit = 100
 	}
 	if opts.AttemptTimeout == 0 {
 		opts.AttemptTimeout = 10 * time.Minute
