@@ -76,3 +76,19 @@ func TestPreGreet(t *testing.T) {
 		t.Errorf("patient client: %+v", v)
 	}
 }
+
+// FuzzHeloProblem: any HELO argument is judged without panicking, and our own name is always
+// a problem.
+func FuzzHeloProblem(f *testing.F) {
+	for _, s := range []string{"mx.example.org", "[192.0.2.1]", "[IPv6:2001:db8::1]", "[", "a..b", ""} {
+		f.Add(s)
+	}
+	h := &Helo{OurNames: []string{"mx.example.org"}, Strict: true}
+	ip, local := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("203.0.113.5")
+	f.Fuzz(func(t *testing.T, helo string) {
+		h.Problem(helo, ip, local)
+		if h.Problem("MX.example.org", ip, local) == "" {
+			t.Fatal("our name accepted")
+		}
+	})
+}
