@@ -37,6 +37,7 @@ type App struct {
 	log     *slog.Logger
 	addrs   []net.Addr
 	metrics *observe.MetricsServer
+	checks  *builtChecks
 	remote  *remote.Transport
 	errc    chan error
 }
@@ -55,6 +56,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 	}
 	hist := observe.NewHistograms()
 	rt := router.New(cfg.Local, cfg.Outbound)
+	// One resolver for delivery and for the checks: outbound.dns_servers or the system's.
 	resolver := dns.System(cfg.Outbound.DNSServers)
 	ot := cfg.Outbound.TLS
 	daneResolver := ""
@@ -96,6 +98,11 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		q.Close(context.Background())
 		return nil, err
 	}
+	checks, err := buildChecks(cfg, checkDeps{Resolver: resolver, Now: time.Now, Logger: log})
+	if err != nil {
+		q.Close(context.Background())
+		return nil, err
+	}
 	l := cfg.SMTP
 	srv := smtpserver.New(smtpserver.Options{
 		Hostname: cfg.Hostname,
@@ -110,8 +117,10 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		Logger:        log,
 		IDs:           observe.NewIDGen(nil),
 		CommitLatency: hist.Commit,
+		Policy:        checks.Chain,
+		GreetDelay:    checks.GreetDelay,
 	})
-	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, remote: out, errc: make(chan error, len(l.Listen))}
+	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, checks: checks, remote: out, errc: make(chan error, len(l.Listen))}
 	var lns []net.Listener
 	for _, addr := range l.Listen {
 		ln, err := net.Listen("tcp", addr)
@@ -120,6 +129,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 				x.Close()
 			}
 			q.Close(context.Background())
+			checks.Close()
 			return nil, fmt.Errorf("smtp.listen %s: %w", addr, err)
 		}
 		lns = append(lns, ln)
@@ -169,6 +179,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 		err = qerr
 	}
 	a.remote.Close() // idle connections kept for reuse
+	if cerr := a.checks.Close(); err == nil {
+		err = cerr
+	}
 	a.log.Info("stopped")
 	return err
 }

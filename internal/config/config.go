@@ -21,6 +21,7 @@ type Config struct {
 	Local    Local     `toml:"local"`
 	Outbound Outbound  `toml:"outbound"`
 	Metrics  Metrics   `toml:"metrics"`
+	Checks   Checks    `toml:"checks"`
 	file     string    // where the settings came from, for messages
 	pos      positions // option → line, for semantic errors
 }
@@ -144,6 +145,7 @@ func Default() *Config {
 		Outbound: Outbound{Port: 25, DestinationLimit: 20, MaxConnections: 100, ConnectionReuse: Duration(5 * time.Second),
 			TLS: OutboundTLS{MTASTS: true}},
 		Metrics: Metrics{Listen: ""},
+		Checks:  defaultChecks(),
 	}
 }
 
