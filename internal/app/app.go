@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -86,7 +88,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		DestinationLimit: cfg.Outbound.DestinationLimit,
 		RemoteLimit:      cfg.Outbound.MaxConnections,
 		Workers:          cfg.Queue.DeliveryWorkers,
-		Transports:       []transport.Transport{local, out},
+		Transports:       append([]transport.Transport{local, out}, mapTransports(cfg)...),
 		Logger:           log,
 	})
 	if err != nil {
@@ -250,4 +252,20 @@ func outboundTransport(cfg *config.Config) (*remote.Transport, error) {
 		t.Auth = map[string]remote.Credentials{o.RelayHost: {Username: o.RelayUsername, Password: strings.TrimRight(pass, "\r")}}
 	}
 	return t, nil
+}
+
+// mapTransports makes one LMTP transport per distinct LMTP server in the transport map; SMTP
+// entries use the remote transport.
+func mapTransports(cfg *config.Config) []transport.Transport {
+	seen := map[string]bool{}
+	var out []transport.Transport
+	for _, d := range slices.Sorted(maps.Keys(cfg.Outbound.Transports)) {
+		rt, ok := router.TransportMapRoute(cfg.Outbound.Transports[d])
+		if !ok || seen[rt.Transport] || !strings.HasPrefix(rt.Transport, "lmtp:") {
+			continue
+		}
+		seen[rt.Transport] = true
+		out = append(out, &lmtp.Transport{Address: strings.TrimPrefix(rt.Transport, "lmtp:"), Hostname: cfg.Hostname, Label: rt.Transport})
+	}
+	return out
 }
