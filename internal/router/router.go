@@ -20,7 +20,7 @@ type Router struct {
 	catchAll  map[string]string   // ASCII domain → target
 	plusSep   string
 	transport string
-	relayHost string            // "[host]:port" for all remote mail, or ""
+	relayHost string                // "[host]:port" for all remote mail, or ""
 	nextHops  map[string]mail.Route // ASCII domain → route template (the transport map)
 }
 
