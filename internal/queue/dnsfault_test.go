@@ -67,7 +67,7 @@ func TestDNSTimeoutDefersWithinAttemptDeadline(t *testing.T) {
 	}
 	for i, d := range got {
 		// A little slack for scheduling on a busy machine; the resolver alone would take 10 s.
-		if d > deadline+time.Second {
+		if d > deadline+2*time.Second {
 			t.Errorf("attempt %d took %v, past the %v attempt deadline", i+1, d, deadline)
 		}
 	}
