@@ -42,6 +42,11 @@ func (q *Queue) bounceDue(ctx context.Context) error {
 		return fmt.Errorf("queue: bounce scan: %w", err)
 	}
 	for _, e := range envs {
+		if q.attempting(e.ID) {
+			// Bounced by the postmaster while an attempt was running: its outcome may still
+			// turn a recipient into a delivery, so the DSN waits for it.
+			continue
+		}
 		if err := q.bounceOne(ctx, e); err != nil {
 			q.log.Error("queue: cannot bounce; will retry", "id", e.ID, "err", err)
 		}

@@ -175,7 +175,11 @@ func (s *stmts) prepare(db *sql.DB) error {
 	s.insBody = p(`INSERT INTO body (id, data) VALUES (?,?)`)
 	s.delBody = p(`DELETE FROM body WHERE id = ?`)
 	s.insRcpt = p(`INSERT INTO rcpt (msg_id, idx, addr, orig, orcpt, notify, transport, next_hop, state, next_attempt) VALUES (?,?,?,?,?,?,?,?,?,?)`)
-	s.updRcpt = p(`UPDATE rcpt SET state = ?, attempts = ?, next_attempt = ?, last_error = ?, remote_mta = ? WHERE msg_id = ? AND idx = ?`)
+	// Only a pending recipient takes an attempt's outcome, except a delivery, which always wins:
+	// a recipient the postmaster bounced while an attempt was running keeps the admin's verdict
+	// when that attempt failed, and is not reported failed when it in fact got through.
+	s.updRcpt = p(`UPDATE rcpt SET state = ?1, attempts = ?2, next_attempt = ?3, last_error = ?4, remote_mta = ?5
+		WHERE msg_id = ?6 AND idx = ?7 AND (state = 0 OR ?1 = 1)`)
 	s.countState = p(`SELECT COUNT(*) FILTER (WHERE state = 0), COUNT(*) FILTER (WHERE state = 2) FROM rcpt WHERE msg_id = ?`)
 	s.delRcpts = p(`DELETE FROM rcpt WHERE msg_id = ?`)
 	s.delMsg = p(`DELETE FROM msg WHERE id = ?`)

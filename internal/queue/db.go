@@ -59,6 +59,48 @@ CREATE INDEX IF NOT EXISTS rcpt_due ON rcpt (state, next_attempt);
 CREATE INDEX IF NOT EXISTS msg_failed ON msg (state) WHERE state = 2;
 `
 
+// migrations bring a database created by an older Postamt up to date. Entry n moves the schema
+// from user_version n to n+1; a new database goes through all of them, so every path is the
+// one existing installations take. Append only: never edit a step that has shipped.
+var migrations = []string{
+	// 0 → 1: held messages (postamt queue hold) are never dispatched until released.
+	`ALTER TABLE msg ADD COLUMN held INTEGER NOT NULL DEFAULT 0`,
+}
+
+// schemaVersion is the user_version of an up-to-date database.
+var schemaVersion = len(migrations)
+
+// migrate applies the missing migrations, each in its own transaction with its version bump, so
+// a crash leaves the database at one version or the next, never in between.
+func migrate(db *sql.DB) error {
+	var v int
+	if err := db.QueryRow(`PRAGMA user_version`).Scan(&v); err != nil {
+		return fmt.Errorf("queue: schema version: %w", err)
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("queue: the database has schema version %d, newer than this Postamt knows (%d): refusing to open it", v, len(migrations))
+	}
+	for ; v < len(migrations); v++ {
+		tx, err := db.Begin()
+		if err != nil {
+			return fmt.Errorf("queue: migrate to version %d: %w", v+1, err)
+		}
+		if _, err := tx.Exec(migrations[v]); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("queue: migrate to version %d: %w", v+1, err)
+		}
+		// PRAGMA takes no bound parameters; v is our own integer.
+		if _, err := tx.Exec(fmt.Sprintf(`PRAGMA user_version = %d`, v+1)); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("queue: migrate to version %d: %w", v+1, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("queue: migrate to version %d: %w", v+1, err)
+		}
+	}
+	return nil
+}
+
 // openDB opens the queue database. WAL with synchronous=FULL makes every commit durable
 // (the WAL is fsynced at commit), which is what a 250 promises.
 func openDB(path string) (w, r *sql.DB, err error) {
@@ -77,6 +119,10 @@ func openDB(path string) (w, r *sql.DB, err error) {
 	if _, err := w.Exec(schema); err != nil {
 		w.Close()
 		return nil, nil, fmt.Errorf("queue: schema: %w", err)
+	}
+	if err := migrate(w); err != nil {
+		w.Close()
+		return nil, nil, err
 	}
 	r, err = sql.Open("sqlite", "file:"+url.PathEscape(path)+"?_pragma=busy_timeout(10000)&mode=ro")
 	if err != nil {

@@ -23,6 +23,7 @@ type Entry struct {
 	Attempts    int       `json:"attempts"`
 	NextAttempt time.Time `json:"next_attempt,omitzero"` // zero when not scheduled
 	LastError   string    `json:"last_error,omitempty"`
+	Held        bool      `json:"held,omitempty"`
 }
 
 // Filter selects entries; empty fields match everything. Address fields match
@@ -60,8 +61,24 @@ func List(ctx context.Context, dir string) ([]Entry, error) {
 		return nil, err
 	}
 	defer db.Close()
+	return list(ctx, db)
+}
+
+// Entries lists the queue of a running server, like List.
+func (q *Queue) Entries(ctx context.Context) ([]Entry, error) { return list(ctx, q.rdb) }
+
+func list(ctx context.Context, db *sql.DB) ([]Entry, error) {
+	// A database no server of this version has opened yet has no held column.
+	var version int
+	if err := db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil {
+		return nil, fmt.Errorf("queue: list: %w", err)
+	}
+	held := "m.held"
+	if version < 1 {
+		held = "0"
+	}
 	rows, err := db.QueryContext(ctx, `SELECT m.id, m.sender, m.received, m.size, r.addr, r.transport, r.state,
-		r.attempts, r.next_attempt, r.last_error FROM rcpt r JOIN msg m ON m.id = r.msg_id
+		r.attempts, r.next_attempt, r.last_error, `+held+` FROM rcpt r JOIN msg m ON m.id = r.msg_id
 		WHERE r.state != ? ORDER BY m.received, r.idx`, stateDelivered)
 	if err != nil {
 		return nil, fmt.Errorf("queue: list: %w", err)
@@ -72,14 +89,14 @@ func List(ctx context.Context, dir string) ([]Entry, error) {
 		var e Entry
 		var received, next int64
 		var state int
-		if err := rows.Scan(&e.ID, &e.From, &received, &e.Size, &e.Rcpt, &e.Transport, &state, &e.Attempts, &next, &e.LastError); err != nil {
+		if err := rows.Scan(&e.ID, &e.From, &received, &e.Size, &e.Rcpt, &e.Transport, &state, &e.Attempts, &next, &e.LastError, &e.Held); err != nil {
 			return nil, fmt.Errorf("queue: list: %w", err)
 		}
 		e.Received = time.UnixMicro(received)
 		e.State = "pending"
 		if state == stateFailed {
 			e.State = "failed"
-		} else if next > 0 && e.Attempts > 0 {
+		} else if next > 0 && e.Attempts > 0 && !e.Held && next < heldNext {
 			e.NextAttempt = time.UnixMicro(next)
 		}
 		out = append(out, e)
