@@ -232,6 +232,7 @@ type (
 
 func (h *handler) routes() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, okResponse{OK: true}) })
 	mux.HandleFunc("GET /v1/queue", h.list)
 	mux.HandleFunc("GET /v1/queue/{id}", h.show)
 	mux.HandleFunc("POST /v1/queue/retry", h.retryAll)

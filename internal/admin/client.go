@@ -106,6 +106,11 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	return nil
 }
 
+// Ping checks that the server answers and accepts the token.
+func (c *Client) Ping(ctx context.Context) error {
+	return c.do(ctx, http.MethodGet, "/v1/ping", nil, nil)
+}
+
 // List returns the queue entries matching f.
 func (c *Client) List(ctx context.Context, f queue.Filter) ([]queue.Entry, error) {
 	v := url.Values{}

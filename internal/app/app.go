@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/postamt/postamt/internal/admin"
 	"github.com/postamt/postamt/internal/bounce"
 	"github.com/postamt/postamt/internal/certs"
 	"github.com/postamt/postamt/internal/config"
@@ -35,6 +36,7 @@ type App struct {
 	log     *slog.Logger
 	addrs   []net.Addr
 	metrics *observe.MetricsServer
+	admin   *admin.Server
 	errc    chan error
 }
 
@@ -127,6 +129,12 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		}
 		a.metrics = m
 	}
+	adm, err := admin.Start(admin.Options{DataDir: cfg.DataDir, Listen: cfg.Admin.Listen, Queue: q, Logger: log})
+	if err != nil {
+		a.Shutdown(context.Background())
+		return nil, err
+	}
+	a.admin = adm
 	log.Info("ready", "hostname", cfg.Hostname, "data_dir", abs(cfg.DataDir), "config", cfg.File())
 	return a, nil
 }
@@ -134,11 +142,22 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 // Addrs are the addresses the SMTP listeners are bound to (useful with port 0).
 func (a *App) Addrs() []net.Addr { return a.addrs }
 
+// AdminAddr is the admin API's loopback TCP address, nil without [admin] listen.
+func (a *App) AdminAddr() net.Addr {
+	if a.admin == nil {
+		return nil
+	}
+	return a.admin.TCPAddr()
+}
+
 // Err reports a listener that failed after start.
 func (a *App) Err() <-chan error { return a.errc }
 
 // Shutdown stops the listeners, then the queue.
 func (a *App) Shutdown(ctx context.Context) error {
+	if a.admin != nil {
+		a.admin.Close(ctx)
+	}
 	if a.metrics != nil {
 		a.metrics.Close(ctx)
 	}

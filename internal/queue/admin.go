@@ -63,19 +63,43 @@ var stateNames = map[int]string{statePending: "pending", stateDelivered: "delive
 
 // Show returns a message with all its recipients.
 func (q *Queue) Show(ctx context.Context, id string) (*Message, error) {
+	m, err := show(ctx, q.rdb, id)
+	if err != nil {
+		return nil, err
+	}
+	q.mu.Lock()
+	for i := range m.Recipients {
+		m.Recipients[i].InFlight = q.inflight[rcptKey(id, m.Recipients[i].Index)] == busy
+	}
+	q.mu.Unlock()
+	return m, nil
+}
+
+// ShowDir reads one message from the queue in dir without opening it for writing, like List;
+// without a server, nothing is in flight.
+func ShowDir(ctx context.Context, dir, id string) (*Message, error) {
+	db, err := openReadOnly(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	return show(ctx, db, id)
+}
+
+func show(ctx context.Context, db *sql.DB, id string) (*Message, error) {
 	m := &Message{ID: id}
 	var received int64
 	var state int
-	err := q.rdb.QueryRowContext(ctx, `SELECT sender, size, received, smtputf8, body, ret, envid, client, helo, held, state
+	err := db.QueryRowContext(ctx, `SELECT sender, size, received, smtputf8, body, ret, envid, client, helo, held, state
 		FROM msg WHERE id = ?`, id).Scan(&m.From, &m.Size, &received, &m.SMTPUTF8, &m.Body, &m.Ret, &m.EnvID, &m.Client, &m.Helo, &m.Held, &state)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, ErrNotFound
+		return nil, fmt.Errorf("%s: %w", id, ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("queue: show %s: %w", id, err)
 	}
 	m.Received, m.Bouncing = time.UnixMicro(received), state == 2
-	rows, err := q.rdb.QueryContext(ctx, `SELECT idx, addr, orig, orcpt, notify, transport, next_hop, state, attempts,
+	rows, err := db.QueryContext(ctx, `SELECT idx, addr, orig, orcpt, notify, transport, next_hop, state, attempts,
 		next_attempt, last_error, remote_mta FROM rcpt WHERE msg_id = ? ORDER BY idx`, id)
 	if err != nil {
 		return nil, fmt.Errorf("queue: show %s: %w", id, err)
@@ -98,11 +122,6 @@ func (q *Queue) Show(ctx context.Context, id string) (*Message, error) {
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("queue: show %s: %w", id, err)
 	}
-	q.mu.Lock()
-	for i := range m.Recipients {
-		m.Recipients[i].InFlight = q.inflight[rcptKey(id, m.Recipients[i].Index)] == busy
-	}
-	q.mu.Unlock()
 	return m, nil
 }
 

@@ -52,16 +52,20 @@ func (f Filter) Match(e Entry) bool {
 // server (WAL readers do not block the writer). Delivered recipients of unfinished messages are
 // left out.
 func List(ctx context.Context, dir string) ([]Entry, error) {
-	path := filepath.Join(dir, "queue.db")
-	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("queue: %w", err)
-	}
-	db, err := sql.Open("sqlite", "file:"+url.PathEscape(path)+"?mode=ro&_pragma=busy_timeout(10000)")
+	db, err := openReadOnly(dir)
 	if err != nil {
 		return nil, err
 	}
 	defer db.Close()
 	return list(ctx, db)
+}
+
+func openReadOnly(dir string) (*sql.DB, error) {
+	path := filepath.Join(dir, "queue.db")
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	return sql.Open("sqlite", "file:"+url.PathEscape(path)+"?mode=ro&_pragma=busy_timeout(10000)")
 }
 
 // Entries lists the queue of a running server, like List.
