@@ -53,11 +53,13 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		local = &maildir.Transport{Root: cfg.Path(cfg.Local.MaildirRoot), Hostname: cfg.Hostname}
 	}
 	hist := observe.NewHistograms()
+	dests := observe.NewDestinations(100)
 	rt := router.New(cfg.Local, cfg.Outbound)
 	bouncer := &bounce.Bouncer{Hostname: cfg.Hostname, Router: rt, Logger: log, Now: time.Now}
 	q, err := queue.Open(queue.Options{
 		Bounce:           bouncer.Bounce,
 		AttemptLatency:   hist.Attempt,
+		AttemptResult:    dests.Count,
 		Dir:              cfg.Path("queue"),
 		RetryIntervals:   durations(cfg.Queue.RetryIntervals),
 		MaxAge:           cfg.Queue.MaxAge.D(),
@@ -122,7 +124,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 				return errors.New("shutting down")
 			}
 			return nil
-		}, log)
+		}, log, dests)
 		if err != nil {
 			a.Shutdown(context.Background())
 			return nil, fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
@@ -213,5 +215,14 @@ func (a *App) counters() []observe.Counter {
 		{Name: "queue_recipients", Help: "Recipients in the queue by state.", Gauge: true, Labels: map[string]string{"state": "pending"}, Value: queueCount(func(p, _, _ int) int { return p })},
 		{Name: "queue_recipients", Help: "Recipients in the queue by state.", Gauge: true, Labels: map[string]string{"state": "failed"}, Value: queueCount(func(_, f, _ int) int { return f })},
 		{Name: "queue_messages", Help: "Messages in the queue.", Gauge: true, Value: queueCount(func(_, _, m int) int { return m })},
+		{Name: "queue_messages_held", Help: "Messages held by the administrator (postamt queue hold).", Gauge: true, Value: func() float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			n, err := a.Queue.Held(ctx)
+			if err != nil {
+				return -1
+			}
+			return float64(n)
+		}},
 	}
 }

@@ -61,7 +61,8 @@ listen = "127.0.0.1:0"
 	}
 	base := "http://" + a.metrics.Addr().String()
 	body := get(t, base+"/metrics")
-	for _, want := range []string{"postamt_smtp_messages_accepted_total 1", `postamt_delivery_attempts_total{result="sent"} 1`, "postamt_queue_messages 0", "postamt_smtp_commit_seconds_count 1", `postamt_delivery_attempt_seconds_count{transport="maildir"} 1`} {
+	for _, want := range []string{"postamt_smtp_messages_accepted_total 1", `postamt_delivery_attempts_total{result="sent"} 1`, "postamt_queue_messages 0", "postamt_smtp_commit_seconds_count 1", `postamt_delivery_attempt_seconds_count{transport="maildir"} 1`,
+		`postamt_delivery_attempts_by_destination_total{destination="maildir",result="sent"} 1`, "postamt_queue_messages_held 0"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}

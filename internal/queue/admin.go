@@ -125,6 +125,12 @@ func show(ctx context.Context, db *sql.DB, id string) (*Message, error) {
 	return m, nil
 }
 
+// Held counts the held messages.
+func (q *Queue) Held(ctx context.Context) (n int, err error) {
+	err = q.rdb.QueryRowContext(ctx, `SELECT COUNT(*) FROM msg WHERE held = 1`).Scan(&n)
+	return
+}
+
 // Retry makes the message's pending recipients due now and wakes the scheduler. It returns how
 // many recipients were rescheduled; one with an attempt running keeps that attempt's outcome.
 func (q *Queue) Retry(ctx context.Context, id string) (int, error) {

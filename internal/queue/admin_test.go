@@ -440,3 +440,35 @@ func TestMigrateVersion0(t *testing.T) {
 	// Opening again does not migrate twice (ALTER TABLE would fail on the existing column).
 	f.reopen()
 }
+
+// TestAttemptResultByDestination: remote attempts are reported under their next hop (lower
+// case), local ones under the transport's name.
+func TestAttemptResultByDestination(t *testing.T) {
+	var mu sync.Mutex
+	got := map[string]int{}
+	remote := &transporttest.Recorder{TransportName: "remote"}
+	remote.SetFail("b@far.test", smtp.NewReply(451, smtp.EnhancedCode{4, 4, 1}, "no answer"))
+	q, err := Open(Options{Dir: t.TempDir(), Transports: []transport.Transport{remote, &transporttest.Recorder{}},
+		AttemptResult: func(dest, result string) { mu.Lock(); got[dest+" "+result]++; mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Start()
+	defer q.Close(context.Background())
+	w, _ := q.Create()
+	w.WriteString("Subject: x\r\n\r\ny\r\n")
+	env := &mail.Envelope{From: "s@here.test", Rcpts: []mail.Recipient{
+		{Addr: "a@far.test", Route: mail.Route{Transport: "remote", NextHop: "Far.TEST"}},
+		{Addr: "b@far.test", Route: mail.Route{Transport: "remote", NextHop: "Far.TEST"}},
+		{Addr: "me@here.test", Route: mail.Route{Transport: "maildir", NextHop: "here.test"}},
+	}}
+	if err := q.Accept(context.Background(), env, w); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{"far.test sent": 1, "far.test deferred": 1, "maildir sent": 1}
+	waitFor(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == len(want) && got["far.test sent"] == 1 && got["far.test deferred"] == 1 && got["maildir sent"] == 1
+	})
+}
