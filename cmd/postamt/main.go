@@ -161,6 +161,7 @@ directly (read-only) and say so; the other commands refuse.`,
 	cmd.PersistentFlags().BoolVar(&o.json, "json", false, "print JSON")
 
 	var f queue.Filter
+	var limit int
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List recipients waiting for delivery or failed, with the reason",
@@ -174,19 +175,17 @@ directly (read-only) and say so; the other commands refuse.`,
 				return err
 			}
 			var es []queue.Entry
+			var more bool
 			if c != nil {
-				es, err = c.List(cmd.Context(), f)
+				es, more, err = c.List(cmd.Context(), f, limit)
 			} else {
-				var all []queue.Entry
-				all, err = queue.List(cmd.Context(), dir)
-				for _, e := range all {
-					if f.Match(e) {
-						es = append(es, e)
-					}
-				}
+				es, more, err = queue.ListDir(cmd.Context(), dir, f, limit)
 			}
 			if err != nil {
 				return err
+			}
+			if more {
+				fmt.Fprintf(cmd.ErrOrStderr(), "note: only the first %d matching recipients are listed; narrow the filter or raise --limit (0 for all)\n", limit)
 			}
 			if o.json {
 				if es == nil {
@@ -218,6 +217,7 @@ directly (read-only) and say so; the other commands refuse.`,
 	list.Flags().StringVar(&f.To, "to", "", "only this recipient")
 	list.Flags().StringVar(&f.Domain, "domain", "", "only recipients in this domain")
 	list.Flags().StringVar(&f.State, "state", "", "only pending or failed")
+	list.Flags().IntVar(&limit, "limit", admin.DefaultListLimit, "list at most this many recipients (0 for all)")
 
 	show := &cobra.Command{
 		Use:   "show ID",

@@ -85,7 +85,7 @@ func startServer(t *testing.T, rcpts ...string) (dir, cfgFile string, a *app.App
 		ids = append(ids, env.ID)
 	}
 	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
-		es, _ := a.Queue.Entries(context.Background())
+		es, _, _ := a.Queue.Entries(context.Background(), queue.Filter{}, 0)
 		n := 0
 		for _, e := range es {
 			if e.Attempts > 0 {

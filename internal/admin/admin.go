@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,7 +37,7 @@ const (
 
 // Queue is what the API administers; *queue.Queue implements it.
 type Queue interface {
-	Entries(ctx context.Context) ([]queue.Entry, error)
+	Entries(ctx context.Context, f queue.Filter, limit int) ([]queue.Entry, bool, error)
 	Show(ctx context.Context, id string) (*queue.Message, error)
 	Retry(ctx context.Context, id string) (int, error)
 	RetryAll(ctx context.Context) (int, error)
@@ -207,11 +208,16 @@ type handler struct {
 	log   *slog.Logger
 }
 
+// DefaultListLimit bounds a list answer unless the request asks otherwise: a queue of a million
+// recipients would otherwise be a several-hundred-megabyte answer built in the server's memory.
+const DefaultListLimit = 1000
+
 // Wire types of the API.
 type (
 	// ListResponse answers GET /v1/queue.
 	ListResponse struct {
-		Entries []queue.Entry `json:"entries"`
+		Entries   []queue.Entry `json:"entries"`
+		Truncated bool          `json:"truncated,omitempty"` // more entries match than the limit
 	}
 	// CountResponse answers retry and bounce: how many recipients were affected.
 	CountResponse struct {
@@ -264,18 +270,24 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("state %q: use pending or failed", f.State))
 		return
 	}
-	all, err := h.q.Entries(r.Context())
+	limit := DefaultListLimit
+	if v := qs.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit %q: use a number, 0 for no limit", v))
+			return
+		}
+		limit = n
+	}
+	es, more, err := h.q.Entries(r.Context(), f, limit)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	out := ListResponse{Entries: []queue.Entry{}}
-	for _, e := range all {
-		if f.Match(e) {
-			out.Entries = append(out.Entries, e)
-		}
+	if es == nil {
+		es = []queue.Entry{}
 	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, ListResponse{Entries: es, Truncated: more})
 }
 
 func (h *handler) show(w http.ResponseWriter, r *http.Request) {

@@ -136,7 +136,7 @@ func TestSocketLifecycle(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.dir, SocketName)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("socket left after close: %v", err)
 	}
-	if _, err := e.c.List(context.Background(), queue.Filter{}); !errors.Is(err, ErrNotRunning) {
+	if _, _, err := e.c.List(context.Background(), queue.Filter{}, 0); !errors.Is(err, ErrNotRunning) {
 		t.Fatalf("client with the server gone: %v", err)
 	}
 	// A crash leaves the socket file behind: the next start replaces it.
@@ -146,7 +146,7 @@ func TestSocketLifecycle(t *testing.T) {
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	ln.Close()
-	if _, err := e.c.List(context.Background(), queue.Filter{}); !errors.Is(err, ErrNotRunning) {
+	if _, _, err := e.c.List(context.Background(), queue.Filter{}, 0); !errors.Is(err, ErrNotRunning) {
 		t.Fatalf("client on a stale socket: %v", err)
 	}
 	srv, err := Start(Options{DataDir: e.dir, Queue: e.q})
@@ -154,7 +154,7 @@ func TestSocketLifecycle(t *testing.T) {
 		t.Fatalf("start over a stale socket: %v", err)
 	}
 	e.srv = srv
-	if _, err := e.c.List(context.Background(), queue.Filter{}); err != nil {
+	if _, _, err := e.c.List(context.Background(), queue.Filter{}, 0); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -212,17 +212,26 @@ func TestOperations(t *testing.T) {
 	a := e.accept(t, "alice@a.test", "u1@x.test", "u2@y.test")
 	b := e.accept(t, "bob@b.test", "u3@x.test")
 
-	all, err := e.c.List(ctx, queue.Filter{})
+	all, _, err := e.c.List(ctx, queue.Filter{}, 0)
 	if err != nil || len(all) != 3 {
 		t.Fatalf("list: %v %+v", err, all)
 	}
-	if es, _ := e.c.List(ctx, queue.Filter{Domain: "x.test"}); len(es) != 2 {
+	if es, more, err := e.c.List(ctx, queue.Filter{}, 2); err != nil || len(es) != 2 || !more || es[0].ID != a {
+		t.Fatalf("limit 2: %v %v %+v", more, err, es)
+	}
+	if es, more, err := e.c.List(ctx, queue.Filter{}, 3); err != nil || len(es) != 3 || more {
+		t.Fatalf("limit 3: %v %v %+v", more, err, es)
+	}
+	if es, _, _ := e.c.List(ctx, queue.Filter{ID: b}, 0); len(es) != 1 || es[0].Rcpt != "u3@x.test" {
+		t.Fatalf("id filter: %+v", es)
+	}
+	if es, _, _ := e.c.List(ctx, queue.Filter{Domain: "x.test"}, 0); len(es) != 2 {
 		t.Fatalf("domain filter: %+v", es)
 	}
-	if es, _ := e.c.List(ctx, queue.Filter{From: "bob@b.test"}); len(es) != 1 || es[0].ID != b {
+	if es, _, _ := e.c.List(ctx, queue.Filter{From: "bob@b.test"}, 0); len(es) != 1 || es[0].ID != b {
 		t.Fatalf("from filter: %+v", es)
 	}
-	if _, err := e.c.List(ctx, queue.Filter{State: "bogus"}); status(err) != 400 {
+	if _, _, err := e.c.List(ctx, queue.Filter{State: "bogus"}, 0); status(err) != 400 {
 		t.Fatalf("bad state: %v", err)
 	}
 
@@ -285,7 +294,7 @@ func TestOperations(t *testing.T) {
 	if err := e.c.Delete(ctx, b); status(err) != 404 {
 		t.Fatalf("delete twice: %v", err)
 	}
-	if es, _ := e.c.List(ctx, queue.Filter{}); len(es) != 0 {
+	if es, _, _ := e.c.List(ctx, queue.Filter{}, 0); len(es) != 0 {
 		t.Fatalf("queue not empty: %+v", es)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -111,17 +112,18 @@ func (c *Client) Ping(ctx context.Context) error {
 	return c.do(ctx, http.MethodGet, "/v1/ping", nil, nil)
 }
 
-// List returns the queue entries matching f.
-func (c *Client) List(ctx context.Context, f queue.Filter) ([]queue.Entry, error) {
-	v := url.Values{}
+// List returns the queue entries matching f, at most limit of them (0 for all); more reports
+// that there are others.
+func (c *Client) List(ctx context.Context, f queue.Filter, limit int) (es []queue.Entry, more bool, err error) {
+	v := url.Values{"limit": {strconv.Itoa(limit)}}
 	for k, s := range map[string]string{"id": f.ID, "from": f.From, "to": f.To, "domain": f.Domain, "state": f.State} {
 		if s != "" {
 			v.Set(k, s)
 		}
 	}
 	var out ListResponse
-	err := c.do(ctx, http.MethodGet, "/v1/queue?"+v.Encode(), nil, &out)
-	return out.Entries, err
+	err = c.do(ctx, http.MethodGet, "/v1/queue?"+v.Encode(), nil, &out)
+	return out.Entries, out.Truncated, err
 }
 
 // Show returns one message.

@@ -157,25 +157,42 @@ func (q *Queue) Retry(ctx context.Context, id string) (int, error) {
 	return int(n), nil
 }
 
-// RetryAll makes every pending recipient of every message that is not held due now.
+// RetryAll makes every pending recipient of every message that is not held due now. It works in
+// transactions of retryChunk recipients, so that with a large backlog the single writer is not
+// taken away from accepting mail for seconds at a time.
 func (q *Queue) RetryAll(ctx context.Context) (int, error) {
-	var n int64
+	total := 0
 	now := q.opts.Now().UnixMicro()
-	err := q.commit(func(tx *sql.Tx) error {
-		res, err := tx.Exec(`UPDATE rcpt SET next_attempt = ? WHERE state = 0 AND next_attempt > ?
-			AND msg_id IN (SELECT id FROM msg WHERE held = 0)`, now, now)
-		if err != nil {
+	for ctx.Err() == nil {
+		var n int64
+		err := q.commit(func(tx *sql.Tx) error {
+			// Held recipients sit at heldNext, outside the range; rescheduled ones fall out of it.
+			// CROSS JOIN keeps rcpt (its due index) the outer loop: each chunk then starts where
+			// the previous one ended instead of walking msg from the beginning again.
+			res, err := tx.Exec(retryAllChunk, now, heldNext, retryChunk)
+			if err != nil {
+				return err
+			}
+			n, err = res.RowsAffected()
 			return err
+		}, nil)
+		if err != nil {
+			return total, fmt.Errorf("queue: retry all: %w", err)
 		}
-		n, err = res.RowsAffected()
-		return err
-	}, nil)
-	if err != nil {
-		return 0, fmt.Errorf("queue: retry all: %w", err)
+		total += int(n)
+		q.Kick()
+		if n < retryChunk {
+			return total, nil
+		}
 	}
-	q.Kick()
-	return int(n), nil
+	return total, ctx.Err()
 }
+
+const retryChunk = 10000
+
+const retryAllChunk = `UPDATE rcpt SET next_attempt = ?1 WHERE (msg_id, idx) IN (
+	SELECT r.msg_id, r.idx FROM rcpt r CROSS JOIN msg m ON m.id = r.msg_id
+	WHERE r.state = 0 AND r.next_attempt > ?1 AND r.next_attempt < ?2 AND m.held = 0 LIMIT ?3)`
 
 // Hold keeps the message from being dispatched until Release, across restarts. An attempt
 // already running finishes; its outcome is recorded, and nothing new starts.

@@ -57,7 +57,18 @@ func List(ctx context.Context, dir string) ([]Entry, error) {
 		return nil, err
 	}
 	defer db.Close()
-	return list(ctx, db)
+	es, _, err := list(ctx, db, Filter{}, 0)
+	return es, err
+}
+
+// ListDir is List with a filter and a limit (0 for none); more reports entries past the limit.
+func ListDir(ctx context.Context, dir string, f Filter, limit int) (es []Entry, more bool, err error) {
+	db, err := openReadOnly(dir)
+	if err != nil {
+		return nil, false, err
+	}
+	defer db.Close()
+	return list(ctx, db, f, limit)
 }
 
 func openReadOnly(dir string) (*sql.DB, error) {
@@ -68,33 +79,44 @@ func openReadOnly(dir string) (*sql.DB, error) {
 	return sql.Open("sqlite", "file:"+url.PathEscape(path)+"?mode=ro&_pragma=busy_timeout(10000)")
 }
 
-// Entries lists the queue of a running server, like List.
-func (q *Queue) Entries(ctx context.Context) ([]Entry, error) { return list(ctx, q.rdb) }
+// Entries lists the queue of a running server like ListDir.
+func (q *Queue) Entries(ctx context.Context, f Filter, limit int) ([]Entry, bool, error) {
+	return list(ctx, q.rdb, f, limit)
+}
 
-func list(ctx context.Context, db *sql.DB) ([]Entry, error) {
+// listQuery walks msg in primary key order, which is arrival order (queue IDs are time-ordered),
+// so that rows stream out without a sort of the whole queue.
+const listQuery = `SELECT m.id, m.sender, m.received, m.size, r.addr, r.transport, r.state,
+	r.attempts, r.next_attempt, r.last_error, %s FROM msg m JOIN rcpt r ON r.msg_id = m.id
+	WHERE r.state != ? %s ORDER BY m.id, r.idx`
+
+// list streams the matching entries; memory holds at most limit of them, however large the queue.
+func list(ctx context.Context, db *sql.DB, f Filter, limit int) (out []Entry, more bool, err error) {
 	// A database no server of this version has opened yet has no held column.
 	var version int
 	if err := db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil {
-		return nil, fmt.Errorf("queue: list: %w", err)
+		return nil, false, fmt.Errorf("queue: list: %w", err)
 	}
 	held := "m.held"
 	if version < 1 {
 		held = "0"
 	}
-	rows, err := db.QueryContext(ctx, `SELECT m.id, m.sender, m.received, m.size, r.addr, r.transport, r.state,
-		r.attempts, r.next_attempt, r.last_error, `+held+` FROM rcpt r JOIN msg m ON m.id = r.msg_id
-		WHERE r.state != ? ORDER BY m.received, r.idx`, stateDelivered)
+	args := []any{stateDelivered}
+	byID := ""
+	if f.ID != "" {
+		byID, args = "AND m.id = ?", append(args, f.ID)
+	}
+	rows, err := db.QueryContext(ctx, fmt.Sprintf(listQuery, held, byID), args...)
 	if err != nil {
-		return nil, fmt.Errorf("queue: list: %w", err)
+		return nil, false, fmt.Errorf("queue: list: %w", err)
 	}
 	defer rows.Close()
-	var out []Entry
 	for rows.Next() {
 		var e Entry
 		var received, next int64
 		var state int
 		if err := rows.Scan(&e.ID, &e.From, &received, &e.Size, &e.Rcpt, &e.Transport, &state, &e.Attempts, &next, &e.LastError, &e.Held); err != nil {
-			return nil, fmt.Errorf("queue: list: %w", err)
+			return nil, false, fmt.Errorf("queue: list: %w", err)
 		}
 		e.Received = time.UnixMicro(received)
 		e.State = "pending"
@@ -103,7 +125,13 @@ func list(ctx context.Context, db *sql.DB) ([]Entry, error) {
 		} else if next > 0 && e.Attempts > 0 && !e.Held && next < heldNext {
 			e.NextAttempt = time.UnixMicro(next)
 		}
+		if !f.Match(e) {
+			continue
+		}
+		if limit > 0 && len(out) == limit {
+			return out, true, nil
+		}
 		out = append(out, e)
 	}
-	return out, rows.Err()
+	return out, false, rows.Err()
 }

@@ -86,6 +86,18 @@ func TestDueQueryUsesIndex(t *testing.T) {
 	if !strings.Contains(plan, "USING INDEX msg_failed") || strings.Contains(plan, "SCAN") {
 		t.Fatalf("bounce scan plan:\n%s", plan)
 	}
+	// The admin list streams in arrival order without sorting the whole queue first.
+	plan = queryPlan(t, f.q.rdb, fmt.Sprintf(listQuery, "m.held", ""), stateDelivered)
+	if strings.Contains(plan, "TEMP B-TREE") || !strings.Contains(plan, "SCAN m") {
+		t.Fatalf("list plan:\n%s", plan)
+	}
+	if es, more, err := f.q.Entries(context.Background(), Filter{Domain: "d7.test"}, 5); err != nil || len(es) != 5 || !more {
+		t.Fatalf("list with a limit: %v %v %d", err, more, len(es))
+	}
+	plan = queryPlan(t, f.q.db, retryAllChunk, 0, heldNext, retryChunk)
+	if !strings.Contains(plan, "INDEX rcpt_due (state=? AND next_attempt>? AND next_attempt<?)") || strings.Contains(plan, "SCAN") {
+		t.Fatalf("retry all plan:\n%s", plan)
+	}
 	if err := f.q.RunDue(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -96,6 +108,31 @@ func TestDueQueryUsesIndex(t *testing.T) {
 	}
 	if n := f.count("msg"); n != 20000 {
 		t.Fatalf("%d messages left, want the 20000 deferred", n)
+	}
+}
+
+// TestRetryAllInChunks: retry all reschedules a backlog larger than one chunk completely, and
+// leaves the held message alone. The queue is not started, so nothing is delivered meanwhile.
+func TestRetryAllInChunks(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	q, err := Open(Options{Dir: t.TempDir(), Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close(context.Background())
+	const n = 2*retryChunk + 500
+	fill(t, q.db, 0, n, now.Add(-time.Hour), 1, func(i int) time.Time { return now.Add(time.Hour + time.Duration(i)*time.Millisecond) })
+	if err := q.Hold(context.Background(), "S000000000000007"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := q.RetryAll(context.Background())
+	if err != nil || got != n-1 {
+		t.Fatalf("retry all: %d %v, want %d", got, err, n-1)
+	}
+	var later int
+	q.rdb.QueryRow(`SELECT COUNT(*) FROM rcpt WHERE state = 0 AND next_attempt > ?`, now.UnixMicro()).Scan(&later)
+	if later != 1 {
+		t.Fatalf("%d recipients not rescheduled, want only the held one", later)
 	}
 }
 
