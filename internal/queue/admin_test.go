@@ -415,6 +415,10 @@ func TestMigrateVersion0(t *testing.T) {
 		`INSERT INTO msg (id, sender, size, received, smtputf8, body, ret, envid, client, helo, inline) VALUES ('OLD1', 's@x.test', 20, 1, 0, '', '', '', '', '', 1)`,
 		`INSERT INTO body (id, data) VALUES ('OLD1', CAST('Subject: x' || char(13,10,13,10) || 'y' || char(13,10) AS BLOB))`,
 		`INSERT INTO rcpt (msg_id, idx, addr, orig, orcpt, notify, transport, next_hop, state, next_attempt) VALUES ('OLD1', 0, 'a@x.test', 'a@x.test', '', '', 'maildir', 'x.test', 0, 1)`,
+		// Waiting for a transport that does not exist any more: it stays in the queue.
+		`INSERT INTO msg (id, sender, size, received, smtputf8, body, ret, envid, client, helo, inline) VALUES ('OLD2', 's@x.test', 20, 5, 0, '', '', '', '', '', 1)`,
+		`INSERT INTO body (id, data) VALUES ('OLD2', CAST('Subject: x' AS BLOB))`,
+		`INSERT INTO rcpt (msg_id, idx, addr, orig, orcpt, notify, transport, next_hop, state, next_attempt) VALUES ('OLD2', 0, 'b@x.test', 'b@x.test', '', '', 'pigeon', 'x.test', 0, 1)`,
 	} {
 		if _, err := db.Exec(s); err != nil {
 			t.Fatal(err)
@@ -436,6 +440,10 @@ func TestMigrateVersion0(t *testing.T) {
 	f.waitAttempts(1)
 	if d := f.rec.Deliveries(); len(d) != 1 || d[0].ID != "OLD1" {
 		t.Fatalf("%+v", d)
+	}
+	var received int64
+	if err := f.q.rdb.QueryRow(`SELECT received FROM rcpt WHERE msg_id = 'OLD2'`).Scan(&received); err != nil || received != 5 {
+		t.Fatalf("received not copied to the recipient: %d %v", received, err)
 	}
 	// Opening again does not migrate twice (ALTER TABLE would fail on the existing column).
 	f.reopen()

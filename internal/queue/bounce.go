@@ -65,8 +65,7 @@ func (q *Queue) warnDelayed(ctx context.Context) error {
 	}
 	q.lastDelayScan = now
 	cutoff := now.Add(-q.opts.DelayWarning).UnixMicro()
-	envs, err := q.envelopes(ctx, `SELECT DISTINCT `+envColumns+` FROM rcpt r JOIN msg m ON m.id = r.msg_id
-		WHERE r.state = 0 AND r.warned = 0 AND r.attempts > 0 AND m.received <= ? LIMIT 100`, cutoff)
+	envs, err := q.envelopes(ctx, delayQuery, cutoff)
 	if err != nil {
 		return fmt.Errorf("queue: delay scan: %w", err)
 	}
@@ -89,6 +88,11 @@ func (q *Queue) warnDelayed(ctx context.Context) error {
 	}
 	return nil
 }
+
+// delayQuery finds messages due a delay warning through the partial index rcpt_unwarned, so
+// its cost does not grow with the recipients that are too young or already warned.
+const delayQuery = `SELECT DISTINCT ` + envColumns + ` FROM rcpt r INDEXED BY rcpt_unwarned JOIN msg m ON m.id = r.msg_id
+	WHERE r.state = 0 AND r.warned = 0 AND r.attempts > 0 AND r.received <= ? LIMIT 100`
 
 // recipients loads a message's recipients matching where (a fixed SQL condition).
 func (q *Queue) recipients(ctx context.Context, id, where string) ([]Failed, error) {

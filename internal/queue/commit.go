@@ -174,7 +174,8 @@ func (s *stmts) prepare(db *sql.DB) error {
 	s.insMsg = p(`INSERT INTO msg (id, sender, size, received, smtputf8, body, ret, envid, client, helo, inline) VALUES (?,?,?,?,?,?,?,?,?,?,?)`)
 	s.insBody = p(`INSERT INTO body (id, data) VALUES (?,?)`)
 	s.delBody = p(`DELETE FROM body WHERE id = ?`)
-	s.insRcpt = p(`INSERT INTO rcpt (msg_id, idx, addr, orig, orcpt, notify, transport, next_hop, state, next_attempt) VALUES (?,?,?,?,?,?,?,?,?,?)`)
+	// The first attempt is due at arrival: next_attempt and received are both the arrival time.
+	s.insRcpt = p(`INSERT INTO rcpt (msg_id, idx, addr, orig, orcpt, notify, transport, next_hop, state, next_attempt, received) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?10)`)
 	// Only a pending recipient takes an attempt's outcome, except a delivery, which always wins:
 	// a recipient the postmaster bounced while an attempt was running keeps the admin's verdict
 	// when that attempt failed, and is not reported failed when it in fact got through.

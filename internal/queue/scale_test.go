@@ -29,8 +29,8 @@ func fill(tb testing.TB, db *sql.DB, first, n int, received time.Time, attempts 
 		}
 		insMsg, _ := tx.Prepare(`INSERT INTO msg (id, sender, size, received, smtputf8, body, ret, envid, client, helo, inline) VALUES (?,?,?,?,0,'','','','192.0.2.1','client.test',1)`)
 		insBody, _ := tx.Prepare(`INSERT INTO body (id, data) VALUES (?,?)`)
-		insRcpt, _ := tx.Prepare(`INSERT INTO rcpt (msg_id, idx, addr, orig, orcpt, notify, transport, next_hop, state, attempts, next_attempt, last_error)
-			VALUES (?,0,?,?,'','',?,?,0,?,?,'451 4.4.1 No answer from host')`)
+		insRcpt, _ := tx.Prepare(`INSERT INTO rcpt (msg_id, idx, addr, orig, orcpt, notify, transport, next_hop, state, attempts, next_attempt, last_error, received)
+			VALUES (?,0,?,?,'','',?,?,0,?,?,'451 4.4.1 No answer from host',?)`)
 		for i := start; i < min(start+batch, first+n); i++ {
 			id := fmt.Sprintf("S%015d", i)
 			dom := fmt.Sprintf("d%d.test", i%1000)
@@ -41,7 +41,7 @@ func fill(tb testing.TB, db *sql.DB, first, n int, received time.Time, attempts 
 			if _, err := insBody.Exec(id, body); err != nil {
 				tb.Fatal(err)
 			}
-			if _, err := insRcpt.Exec(id, rcpt, rcpt, "maildir", dom, attempts, next(i).UnixMicro()); err != nil {
+			if _, err := insRcpt.Exec(id, rcpt, rcpt, "maildir", dom, attempts, next(i).UnixMicro(), received.UnixMicro()); err != nil {
 				tb.Fatal(err)
 			}
 		}
@@ -97,6 +97,10 @@ func TestDueQueryUsesIndex(t *testing.T) {
 	plan = queryPlan(t, f.q.db, retryAllChunk, 0, heldNext, retryChunk)
 	if !strings.Contains(plan, "INDEX rcpt_due (state=? AND next_attempt>? AND next_attempt<?)") || strings.Contains(plan, "SCAN") {
 		t.Fatalf("retry all plan:\n%s", plan)
+	}
+	plan = queryPlan(t, f.q.rdb, delayQuery, now.UnixMicro())
+	if !strings.Contains(plan, "SEARCH r USING INDEX rcpt_unwarned (received<?)") || strings.Contains(plan, "SCAN") {
+		t.Fatalf("delay scan plan:\n%s", plan)
 	}
 	if err := f.q.RunDue(context.Background()); err != nil {
 		t.Fatal(err)
