@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/postamt/postamt/internal/queue"
@@ -67,6 +68,26 @@ type Server struct {
 // maxSocketPath is sun_path's size on Linux less the terminating NUL.
 const maxSocketPath = 107
 
+// socketAddr returns the address to bind or dial for the socket at path. A path too long for a
+// socket address is reached through /proc/self/fd/N/, N a descriptor of its directory, which
+// keeps a deep data_dir working without changing the process's working directory; done closes
+// that descriptor once the bind or connect is over.
+func socketAddr(path string) (addr string, done func(), err error) {
+	if len(path) <= maxSocketPath {
+		return path, func() {}, nil
+	}
+	fd, err := syscall.Open(filepath.Dir(path), syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return "", nil, fmt.Errorf("admin: socket path %s is longer than %d bytes and its directory cannot be opened: %w", path, maxSocketPath, err)
+	}
+	addr = fmt.Sprintf("/proc/self/fd/%d/%s", fd, filepath.Base(path))
+	if len(addr) > maxSocketPath {
+		syscall.Close(fd)
+		return "", nil, fmt.Errorf("admin: socket path %s is too long for a unix socket; use a shorter data_dir", path)
+	}
+	return addr, func() { syscall.Close(fd) }, nil
+}
+
 // Start creates the token if needed, listens, and serves.
 func Start(o Options) (*Server, error) {
 	if o.Logger == nil {
@@ -77,16 +98,20 @@ func Start(o Options) (*Server, error) {
 		return nil, err
 	}
 	sock := filepath.Join(o.DataDir, SocketName)
-	if len(sock) > maxSocketPath {
-		return nil, fmt.Errorf("admin: socket path %s is longer than %d bytes, the limit of a unix socket; use a shorter data_dir", sock, maxSocketPath)
-	}
-	if err := removeStale(sock); err != nil {
+	addr, done, err := socketAddr(sock)
+	if err != nil {
 		return nil, err
 	}
-	ul, err := net.Listen("unix", sock)
+	defer done()
+	if err := removeStale(sock, addr); err != nil {
+		return nil, err
+	}
+	ul, err := net.Listen("unix", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin: listen %s: %w", sock, err)
 	}
+	// Close removes the socket by its real name.
+	ul.(*net.UnixListener).SetUnlinkOnClose(false)
 	// The data directory is 0700 already; the mode keeps the socket private if it is not.
 	if err := os.Chmod(sock, 0o600); err != nil {
 		ul.Close()
@@ -117,7 +142,7 @@ func Start(o Options) (*Server, error) {
 
 // removeStale removes a socket left by a server that crashed, and refuses to take over the
 // socket of one that is still running.
-func removeStale(sock string) error {
+func removeStale(sock, addr string) error {
 	fi, err := os.Lstat(sock)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -128,7 +153,7 @@ func removeStale(sock string) error {
 	if fi.Mode().Type() != fs.ModeSocket {
 		return fmt.Errorf("admin: %s exists and is not a socket; remove it", sock)
 	}
-	if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+	if c, err := net.DialTimeout("unix", addr, time.Second); err == nil {
 		c.Close()
 		return fmt.Errorf("admin: %s is in use: is another postamt running on this data_dir?", sock)
 	}

@@ -308,3 +308,37 @@ func waitAttempts(t *testing.T, r *transporttest.Recorder, n int) {
 	}
 	t.Fatalf("want %d attempts, have %d", n, r.Attempts())
 }
+
+// TestLongDataDir: a data_dir deeper than a unix socket address allows still gets its socket.
+func TestLongDataDir(t *testing.T) {
+	dir := filepath.Join(shortDir(t), strings.Repeat("d", 60), strings.Repeat("e", 60))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	q, err := queue.Open(queue.Options{Dir: filepath.Join(dir, "queue")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close(context.Background())
+	srv, err := Start(Options{DataDir: dir, Queue: q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewClient(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ping(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, SocketName)); err != nil {
+		t.Fatalf("socket not at its real path: %v", err)
+	}
+	srv.Close(context.Background())
+	if _, err := os.Stat(filepath.Join(dir, SocketName)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket left: %v", err)
+	}
+	if err := c.Ping(context.Background()); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("ping after close: %v", err)
+	}
+}

@@ -40,9 +40,6 @@ func (e *APIError) Error() string { return e.Msg }
 // socket is missing; a socket that exists but does not answer is found out on the first call.
 func NewClient(dataDir string) (*Client, error) {
 	sock := filepath.Join(dataDir, SocketName)
-	if _, err := net.ResolveUnixAddr("unix", sock); err != nil {
-		return nil, err
-	}
 	tok, err := ReadToken(filepath.Join(dataDir, TokenName))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, ErrNotRunning
@@ -54,7 +51,15 @@ func NewClient(dataDir string) (*Client, error) {
 	return &Client{token: tok, http: &http.Client{
 		Timeout: 5 * time.Minute,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			c, err := d.DialContext(ctx, "unix", sock)
+			addr, done, err := socketAddr(sock)
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil, ErrNotRunning
+			}
+			if err != nil {
+				return nil, err
+			}
+			defer done()
+			c, err := d.DialContext(ctx, "unix", addr)
 			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
 				return nil, ErrNotRunning
 			}
