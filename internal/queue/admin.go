@@ -199,9 +199,13 @@ const retryAllChunk = `UPDATE rcpt SET next_attempt = ?1 WHERE (msg_id, idx) IN 
 func (q *Queue) Hold(ctx context.Context, id string) error {
 	var idxs []int
 	err := q.commit(func(tx *sql.Tx) error {
-		_, err := msgHeld(tx, id)
-		if err != nil {
+		var state int
+		if err := tx.QueryRow(`SELECT state FROM msg WHERE id = ?`, id).Scan(&state); err != nil {
 			return err
+		}
+		if state == 2 {
+			// Nothing is left to deliver; its DSN is on the way and holding would only lose it.
+			return ErrNoneLeft
 		}
 		if _, err := tx.Exec(`UPDATE msg SET held = 1 WHERE id = ?`, id); err != nil {
 			return err
@@ -209,6 +213,7 @@ func (q *Queue) Hold(ctx context.Context, id string) error {
 		if _, err := tx.Exec(`UPDATE rcpt SET next_attempt = ? WHERE msg_id = ? AND state = 0`, heldNext, id); err != nil {
 			return err
 		}
+		var err error
 		idxs, err = rcptIndexes(tx, id)
 		return err
 	}, func() { q.tombstone(id, idxs) })

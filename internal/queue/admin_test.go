@@ -55,11 +55,15 @@ func (g *gate) waitEntered(t *testing.T) {
 type bounces struct {
 	mu    sync.Mutex
 	calls []*Bounce
+	err   error // when set, the DSN stage fails
 }
 
 func (b *bounces) bounce(_ context.Context, x *Bounce) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.err != nil {
+		return b.err
+	}
 	b.calls = append(b.calls, x)
 	return nil
 }
@@ -289,6 +293,20 @@ func TestAdminBounceSendsDSN(t *testing.T) {
 	}
 	if _, err := f.q.Bounce(context.Background(), id, "x"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second bounce: %v", err)
+	}
+	// A message whose recipients are all done waits only for its DSN: nothing to hold or bounce.
+	f.rec.SetFail("a@x.test", smtp.NewReply(550, smtp.EnhancedCode{5, 1, 1}, "no such user"))
+	b.mu.Lock()
+	b.err = errors.New("DSN stage down")
+	b.mu.Unlock()
+	id2, _ := f.accept("a@x.test")
+	f.waitAttempts(2)
+	f.q.RunDue(context.Background())
+	if err := f.q.Hold(context.Background(), id2); !errors.Is(err, ErrNoneLeft) {
+		t.Fatalf("hold of a message awaiting its DSN: %v", err)
+	}
+	if _, err := f.q.Bounce(context.Background(), id2, "x"); !errors.Is(err, ErrNoneLeft) {
+		t.Fatalf("bounce of a message awaiting its DSN: %v", err)
 	}
 }
 
