@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/postamt/postamt/internal/admin"
@@ -22,6 +23,7 @@ import (
 	"github.com/postamt/postamt/internal/queue"
 	"github.com/postamt/postamt/internal/router"
 	"github.com/postamt/postamt/internal/smtpserver"
+	"github.com/postamt/postamt/internal/tlspolicy"
 	"github.com/postamt/postamt/internal/transport"
 	"github.com/postamt/postamt/internal/transport/lmtp"
 	"github.com/postamt/postamt/internal/transport/maildir"
@@ -37,6 +39,7 @@ type App struct {
 	addrs   []net.Addr
 	metrics *observe.MetricsServer
 	admin   *admin.Server
+	remote  *remote.Transport
 	errc    chan error
 }
 
@@ -55,6 +58,24 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 	hist := observe.NewHistograms()
 	dests := observe.NewDestinations(100)
 	rt := router.New(cfg.Local, cfg.Outbound)
+	resolver := dns.System(cfg.Outbound.DNSServers)
+	ot := cfg.Outbound.TLS
+	daneResolver := ""
+	if ot.DANE {
+		daneResolver = ot.DANEResolver
+	}
+	tlsPolicy, err := tlspolicy.NewEngine(tlspolicy.Options{
+		MTASTS: ot.MTASTS, Resolver: resolver, CacheDir: cfg.Path("mta-sts"),
+		DANEResolver: daneResolver, Overrides: ot.Policy, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	out, err := outboundTransport(cfg)
+	if err != nil {
+		return nil, err
+	}
+	out.Resolver, out.TLSPolicy, out.Logger = resolver, tlsPolicy, log
 	bouncer := &bounce.Bouncer{Hostname: cfg.Hostname, Router: rt, Logger: log, Now: time.Now}
 	q, err := queue.Open(queue.Options{
 		Bounce:           bouncer.Bounce,
@@ -65,11 +86,10 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		MaxAge:           cfg.Queue.MaxAge.D(),
 		DelayWarning:     cfg.Queue.DelayWarning.D(),
 		DestinationLimit: cfg.Outbound.DestinationLimit,
+		RemoteLimit:      cfg.Outbound.MaxConnections,
 		Workers:          cfg.Queue.DeliveryWorkers,
-		Transports: []transport.Transport{local, &remote.Transport{
-			Resolver: dns.System(cfg.Outbound.DNSServers), Hostname: cfg.Hostname, Port: cfg.Outbound.Port,
-		}},
-		Logger: log,
+		Transports:       []transport.Transport{local, out},
+		Logger:           log,
 	})
 	if err != nil {
 		return nil, err
@@ -95,7 +115,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		IDs:           observe.NewIDGen(nil),
 		CommitLatency: hist.Commit,
 	})
-	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, errc: make(chan error, len(l.Listen))}
+	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, remote: out, errc: make(chan error, len(l.Listen))}
 	var lns []net.Listener
 	for _, addr := range l.Listen {
 		ln, err := net.Listen("tcp", addr)
@@ -169,6 +189,7 @@ func (a *App) Shutdown(ctx context.Context) error {
 	if qerr := a.Queue.Close(qctx); err == nil {
 		err = qerr
 	}
+	a.remote.Close() // idle connections kept for reuse
 	a.log.Info("stopped")
 	return err
 }
@@ -225,4 +246,25 @@ func (a *App) counters() []observe.Counter {
 			return float64(n)
 		}},
 	}
+}
+
+// outboundTransport builds delivery to other domains from [outbound].
+func outboundTransport(cfg *config.Config) (*remote.Transport, error) {
+	o := cfg.Outbound
+	t := &remote.Transport{
+		Resolver: dns.System(o.DNSServers), Hostname: cfg.Hostname, Port: o.Port,
+		ReuseIdle: o.ConnectionReuse.D(),
+	}
+	if t.ReuseIdle == 0 {
+		t.ReuseIdle = -1 // "0s" in the file means no reuse
+	}
+	if o.RelayUsername != "" {
+		pw, err := os.ReadFile(o.RelayPasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("outbound.relay_password_file: %w", err)
+		}
+		pass, _, _ := strings.Cut(string(pw), "\n")
+		t.Auth = map[string]remote.Credentials{o.RelayHost: {Username: o.RelayUsername, Password: strings.TrimRight(pass, "\r")}}
+	}
+	return t, nil
 }

@@ -26,12 +26,24 @@ func (c *Config) Validate() error {
 		v.hostPort("outbound.dns_servers", s)
 	}
 	v.atLeast("outbound.destination_limit", c.Outbound.DestinationLimit, 1)
+	v.atLeast("outbound.max_connections", c.Outbound.MaxConnections, 1)
 	if c.Outbound.RelayHost != "" {
 		v.nextHop("outbound.relay_host", c.Outbound.RelayHost)
+	}
+	switch o := c.Outbound; {
+	case (o.RelayUsername == "") != (o.RelayPasswordFile == ""):
+		v.addf("outbound.relay_username", "relay_username and relay_password_file go together")
+	case o.RelayUsername != "" && o.RelayHost == "":
+		v.addf("outbound.relay_username", "is set but relay_host is empty")
+	case o.RelayPasswordFile != "":
+		if _, err := os.ReadFile(o.RelayPasswordFile); err != nil {
+			v.addf("outbound.relay_password_file", "cannot read: %v", err)
+		}
 	}
 	for _, d := range slices.Sorted(maps.Keys(c.Outbound.Transports)) {
 		v.nextHop("outbound.transports."+d, c.Outbound.Transports[d])
 	}
+	c.validateOutboundTLS(v)
 	if len(v.errs) > 0 {
 		return v.errs
 	}
@@ -234,5 +246,38 @@ func (c *Config) validateLocal(v *validator) {
 		} else {
 			v.hostPort("local.lmtp_address", l.LMTPAddress)
 		}
+	}
+}
+
+func (c *Config) validateOutboundTLS(v *validator) {
+	o := &c.Outbound.TLS
+	if o.DANEResolver != "" {
+		v.hostPort("outbound.tls.dane_resolver", o.DANEResolver)
+	}
+	if o.DANE && o.DANEResolver == "" {
+		v.addf("outbound.tls.dane", "needs outbound.tls.dane_resolver: a DNSSEC-validating resolver you trust, e.g. a local unbound at \"127.0.0.1:53\"")
+	}
+	norm := map[string]string{}
+	for _, d := range slices.Sorted(maps.Keys(o.Policy)) {
+		opt := "outbound.tls.policy." + d
+		mode := o.Policy[d]
+		a, err := smtp.ParseAddress("x@"+d, true)
+		if err != nil || strings.HasPrefix(d, "[") {
+			v.addf(opt, "%q is not a valid domain name", d)
+			continue
+		}
+		switch mode {
+		case "none", "may", "encrypt", "verify":
+		case "dane":
+			if !o.DANE {
+				v.addf(opt, "\"dane\" needs outbound.tls.dane = true (and a dane_resolver)")
+			}
+		default:
+			v.addf(opt, "%q is not allowed; use one of: none, may, encrypt, verify, dane", mode)
+		}
+		norm[a.ASCIIDomain()] = mode
+	}
+	if len(o.Policy) > 0 {
+		o.Policy = norm
 	}
 }

@@ -24,6 +24,12 @@ type Envelope struct {
 	Helo       string
 	// BodyInline says the body is stored in the queue database rather than a spool file.
 	BodyInline bool
+	// Prefix holds header fields added at the end of data (authentication results, a DKIM
+	// signature) when the body was already in a spool file; readers put it before the file.
+	Prefix []byte
+	// Quarantine, when set, is why a check wants the message held for an administrator
+	// instead of delivered.
+	Quarantine string
 }
 
 // Recipient is one delivery target after routing and alias expansion.

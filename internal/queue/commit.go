@@ -138,7 +138,7 @@ func (q *Queue) insertOp(env *mail.Envelope, inline []byte) func(tx *sql.Tx) err
 	return func(tx *sql.Tx) error {
 		received := env.ReceivedAt.UnixMicro()
 		if _, err := tx.Stmt(q.stmts.insMsg).Exec(env.ID, env.From, env.Size, received, env.SMTPUTF8,
-			env.Body, env.Ret, env.EnvID, env.Client, env.Helo, env.BodyInline); err != nil {
+			env.Body, env.Ret, env.EnvID, env.Client, env.Helo, env.BodyInline, nonNil(env.Prefix)); err != nil {
 			return fmt.Errorf("queue: insert message %s: %w", env.ID, err)
 		}
 		if env.BodyInline {
@@ -171,7 +171,7 @@ func (s *stmts) prepare(db *sql.DB) error {
 		st, err = db.Prepare(q)
 		return st
 	}
-	s.insMsg = p(`INSERT INTO msg (id, sender, size, received, smtputf8, body, ret, envid, client, helo, inline) VALUES (?,?,?,?,?,?,?,?,?,?,?)`)
+	s.insMsg = p(`INSERT INTO msg (id, sender, size, received, smtputf8, body, ret, envid, client, helo, inline, prefix) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`)
 	s.insBody = p(`INSERT INTO body (id, data) VALUES (?,?)`)
 	s.delBody = p(`DELETE FROM body WHERE id = ?`)
 	// The first attempt is due at arrival: next_attempt and received are both the arrival time.
@@ -179,9 +179,10 @@ func (s *stmts) prepare(db *sql.DB) error {
 	// Only a pending recipient takes an attempt's outcome, except a delivery, which always wins:
 	// a recipient the postmaster bounced while an attempt was running keeps the admin's verdict
 	// when that attempt failed, and is not reported failed when it in fact got through.
-	s.updRcpt = p(`UPDATE rcpt SET state = ?1, attempts = ?2, next_attempt = ?3, last_error = ?4, remote_mta = ?5
-		WHERE msg_id = ?6 AND idx = ?7 AND (state = 0 OR ?1 = 1)`)
-	s.countState = p(`SELECT COUNT(*) FILTER (WHERE state = 0), COUNT(*) FILTER (WHERE state = 2) FROM rcpt WHERE msg_id = ?`)
+	s.updRcpt = p(`UPDATE rcpt SET state = ?1, attempts = ?2, next_attempt = ?3, last_error = ?4, remote_mta = ?5, success = ?6
+		WHERE msg_id = ?7 AND idx = ?8 AND (state = 0 OR ?1 = 1)`)
+	// "Failed" here means "the sender is owed a report": a failure, or a requested success notice.
+	s.countState = p(`SELECT COUNT(*) FILTER (WHERE state = 0), COUNT(*) FILTER (WHERE state = 2 OR success > 0) FROM rcpt WHERE msg_id = ?`)
 	s.delRcpts = p(`DELETE FROM rcpt WHERE msg_id = ?`)
 	s.delMsg = p(`DELETE FROM msg WHERE id = ?`)
 	s.failMsg = p(`UPDATE msg SET state = 2 WHERE id = ?`)
@@ -189,4 +190,12 @@ func (s *stmts) prepare(db *sql.DB) error {
 		return fmt.Errorf("queue: prepare: %w", err)
 	}
 	return nil
+}
+
+// nonNil keeps a NOT NULL blob column happy with an empty prefix.
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
 }

@@ -16,6 +16,13 @@ const (
 	stateFailed    = 2
 )
 
+// Success reports owed to senders who asked for NOTIFY=SUCCESS (RFC 3461 §6.2.2).
+const (
+	successNone      = 0
+	successDelivered = 1 // final delivery here (Maildir, LMTP)
+	successRelayed   = 2 // handed to a next hop without DSN support
+)
+
 const schema = `
 CREATE TABLE IF NOT EXISTS msg (
 	id       TEXT PRIMARY KEY,
@@ -29,7 +36,9 @@ CREATE TABLE IF NOT EXISTS msg (
 	client   TEXT NOT NULL,
 	helo     TEXT NOT NULL,
 	inline   INTEGER NOT NULL, -- 1: the body is in the body table, 0: in a spool file
-	state    INTEGER NOT NULL DEFAULT 0 -- 0 active, 2 has failed recipients awaiting a bounce
+	state    INTEGER NOT NULL DEFAULT 0, -- 0 active, 2 has failed recipients awaiting a bounce
+	prefix   BLOB NOT NULL DEFAULT x'', -- header fields added after a spool-file body was written
+	held     INTEGER NOT NULL DEFAULT 0 -- 1: postamt queue hold; never dispatched until released
 ) WITHOUT ROWID;
 -- Small bodies live here so that they reach stable storage with the rows, in the same WAL fsync.
 -- A rowid table: SQLite advises against WITHOUT ROWID for rows this large.
@@ -52,6 +61,8 @@ CREATE TABLE IF NOT EXISTS rcpt (
 	last_error   TEXT NOT NULL DEFAULT '',
 	remote_mta   TEXT NOT NULL DEFAULT '', -- who gave last_error, for the DSN's Remote-MTA
 	warned       INTEGER NOT NULL DEFAULT 0, -- a delay DSN was sent
+	success      INTEGER NOT NULL DEFAULT 0, -- NOTIFY=SUCCESS report due: 1 delivered, 2 relayed
+	received     INTEGER NOT NULL DEFAULT 0, -- msg.received, copied so that an index can cover the delay scan
 	PRIMARY KEY (msg_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rcpt_due ON rcpt (state, next_attempt);
@@ -63,60 +74,9 @@ CREATE INDEX IF NOT EXISTS msg_failed ON msg (state) WHERE state = 2;
 // bounded batch at a time. It reads the head of rcpt_due (state, next_attempt), so its cost
 // grows with the batch, not with the queue (TestDueQueryUsesIndex asserts the plan).
 const dueQuery = `SELECT r.msg_id, r.idx, r.addr, r.orig, r.orcpt, r.notify, r.transport,
-	r.next_hop, r.attempts, m.sender, m.size, m.received, m.smtputf8, m.body, m.ret, m.envid, m.client, m.helo, m.inline
+	r.next_hop, r.attempts, m.sender, m.size, m.received, m.smtputf8, m.body, m.ret, m.envid, m.client, m.helo, m.inline, m.prefix
 	FROM rcpt r JOIN msg m ON m.id = r.msg_id
 	WHERE r.state = 0 AND r.next_attempt <= ? AND m.held = 0 ORDER BY r.next_attempt LIMIT 5000`
-
-// migrations bring a database created by an older Postamt up to date. Entry n moves the schema
-// from user_version n to n+1; a new database goes through all of them, so every path is the
-// one existing installations take. Append only: never edit a step that has shipped.
-var migrations = []string{
-	// 0 → 1: held messages (postamt queue hold) are never dispatched until released.
-	`ALTER TABLE msg ADD COLUMN held INTEGER NOT NULL DEFAULT 0`,
-	// 1 → 2: held messages are few; the metrics gauge counts them without reading every row.
-	`CREATE INDEX msg_held ON msg (held) WHERE held = 1`,
-	// 2 → 3: the delay-warning scan finds its candidates through an index instead of reading
-	// every pending recipient once a minute (1.2 s with a million deferred). The message's
-	// arrival time is copied onto its recipients, the only way an index can cover the scan's
-	// condition; the index holds only recipients that could still get a warning.
-	`ALTER TABLE rcpt ADD COLUMN received INTEGER NOT NULL DEFAULT 0;
-	UPDATE rcpt SET received = (SELECT received FROM msg WHERE msg.id = rcpt.msg_id);
-	CREATE INDEX rcpt_unwarned ON rcpt (received) WHERE state = 0 AND warned = 0 AND attempts > 0;`,
-}
-
-// schemaVersion is the user_version of an up-to-date database.
-var schemaVersion = len(migrations)
-
-// migrate applies the missing migrations, each in its own transaction with its version bump, so
-// a crash leaves the database at one version or the next, never in between.
-func migrate(db *sql.DB) error {
-	var v int
-	if err := db.QueryRow(`PRAGMA user_version`).Scan(&v); err != nil {
-		return fmt.Errorf("queue: schema version: %w", err)
-	}
-	if v > len(migrations) {
-		return fmt.Errorf("queue: the database has schema version %d, newer than this Postamt knows (%d): refusing to open it", v, len(migrations))
-	}
-	for ; v < len(migrations); v++ {
-		tx, err := db.Begin()
-		if err != nil {
-			return fmt.Errorf("queue: migrate to version %d: %w", v+1, err)
-		}
-		if _, err := tx.Exec(migrations[v]); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("queue: migrate to version %d: %w", v+1, err)
-		}
-		// PRAGMA takes no bound parameters; v is our own integer.
-		if _, err := tx.Exec(fmt.Sprintf(`PRAGMA user_version = %d`, v+1)); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("queue: migrate to version %d: %w", v+1, err)
-		}
-		if err := tx.Commit(); err != nil {
-			return fmt.Errorf("queue: migrate to version %d: %w", v+1, err)
-		}
-	}
-	return nil
-}
 
 // openDB opens the queue database. WAL with synchronous=FULL makes every commit durable
 // (the WAL is fsynced at commit), which is what a 250 promises.
@@ -139,7 +99,7 @@ func openDB(path string) (w, r *sql.DB, err error) {
 	}
 	if err := migrate(w); err != nil {
 		w.Close()
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("queue: migrate %s: %w", path, err)
 	}
 	r, err = sql.Open("sqlite", "file:"+url.PathEscape(path)+"?_pragma=busy_timeout(10000)&mode=ro")
 	if err != nil {
@@ -158,4 +118,66 @@ func openCheckpointer(path string) (*sql.DB, error) {
 	}
 	c.SetMaxOpenConns(1)
 	return c, nil
+}
+
+// migrate brings a database made by an older version up to the current schema: CREATE TABLE IF
+// NOT EXISTS leaves existing tables alone, so columns added since are added here, each with
+// whatever fills it for existing rows in the same transaction (a crash leaves the column either
+// absent, and the step is done again, or complete). Indexes on added columns come last.
+func migrate(db *sql.DB) error {
+	has := func(table, column string) (bool, error) {
+		rows, err := db.Query(`SELECT name FROM pragma_table_info(?)`, table)
+		if err != nil {
+			return false, err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var name string
+			if err := rows.Scan(&name); err != nil {
+				return false, err
+			}
+			if name == column {
+				return true, nil
+			}
+		}
+		return false, rows.Err()
+	}
+	for _, c := range []struct {
+		table, column string
+		ddl           []string
+	}{
+		{"msg", "prefix", []string{`ALTER TABLE msg ADD COLUMN prefix BLOB NOT NULL DEFAULT x''`}},
+		{"rcpt", "success", []string{`ALTER TABLE rcpt ADD COLUMN success INTEGER NOT NULL DEFAULT 0`}},
+		{"msg", "held", []string{`ALTER TABLE msg ADD COLUMN held INTEGER NOT NULL DEFAULT 0`}},
+		{"rcpt", "received", []string{`ALTER TABLE rcpt ADD COLUMN received INTEGER NOT NULL DEFAULT 0`,
+			`UPDATE rcpt SET received = (SELECT received FROM msg WHERE msg.id = rcpt.msg_id)`}},
+	} {
+		ok, err := has(c.table, c.column)
+		if err != nil {
+			return err
+		}
+		if ok {
+			continue
+		}
+		tx, err := db.Begin()
+		if err != nil {
+			return err
+		}
+		for _, ddl := range c.ddl {
+			if _, err := tx.Exec(ddl); err != nil {
+				tx.Rollback()
+				return fmt.Errorf("add %s.%s: %w", c.table, c.column, err)
+			}
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+	}
+	_, err := db.Exec(`
+-- Held messages are few; the metrics gauge counts them without reading every row.
+CREATE INDEX IF NOT EXISTS msg_held ON msg (held) WHERE held = 1;
+-- The delay-warning scan reads only recipients that could still get a warning, oldest first,
+-- instead of every pending recipient once a minute (1.2 s with a million deferred).
+CREATE INDEX IF NOT EXISTS rcpt_unwarned ON rcpt (received) WHERE state = 0 AND warned = 0 AND attempts > 0;`)
+	return err
 }

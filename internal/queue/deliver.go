@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/postamt/postamt/internal/mail"
@@ -108,11 +109,12 @@ func (q *Queue) claim(r mail.Route) bool {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.active[r] >= q.opts.DestinationLimit {
+	if q.active[r] >= q.opts.DestinationLimit || q.activeRemote >= q.opts.RemoteLimit {
 		q.turnedAway.Store(true)
 		return false
 	}
 	q.active[r]++
+	q.activeRemote++
 	return true
 }
 
@@ -126,6 +128,7 @@ func (q *Queue) unclaim(r mail.Route) {
 	if q.active[r]--; q.active[r] <= 0 {
 		delete(q.active, r)
 	}
+	q.activeRemote--
 	q.mu.Unlock()
 	if q.turnedAway.Swap(false) {
 		q.Kick()
@@ -178,6 +181,7 @@ type outcome struct {
 	reply    *smtp.Reply
 	remote   string
 	tls      string
+	success  int // successDelivered or successRelayed when the sender asked for NOTIFY=SUCCESS
 }
 
 func (q *Queue) attempt(j *job) {
@@ -188,7 +192,7 @@ func (q *Queue) attempt(j *job) {
 	}
 	msg := &transport.Message{
 		ID: env.ID, From: env.From, Size: env.Size, ReceivedAt: env.ReceivedAt,
-		SMTPUTF8: env.SMTPUTF8, Body8Bit: env.Body == "8BITMIME",
+		SMTPUTF8: env.SMTPUTF8, Body8Bit: env.Body == "8BITMIME", Ret: env.Ret, EnvID: env.EnvID,
 		Open: func() (io.ReadCloser, error) {
 			if j.mem != nil {
 				return io.NopCloser(bytes.NewReader(j.mem.data)), nil
@@ -226,6 +230,14 @@ func (q *Queue) attempt(j *job) {
 		switch {
 		case o.reply == nil:
 			o.state = stateDelivered
+			if notifySuccess(rcpts[n].Notify) {
+				switch {
+				case err == nil && results[n].Relayed:
+					o.success = successRelayed
+				case j.route.Transport != "remote":
+					o.success = successDelivered
+				}
+			}
 		case o.reply.Permanent():
 			o.state = stateFailed
 		default:
@@ -304,7 +316,7 @@ func (q *Queue) record(j *job, outs []outcome) {
 				if !o.next.IsZero() {
 					next = o.next.UnixMicro()
 				}
-				if _, err := upd.Exec(o.state, o.attempts, next, errText, o.remote, id, o.idx); err != nil {
+				if _, err := upd.Exec(o.state, o.attempts, next, errText, o.remote, o.success, id, o.idx); err != nil {
 					return fmt.Errorf("queue: update %s/%d: %w", id, o.idx, err)
 				}
 			}
@@ -405,7 +417,7 @@ func (q *Queue) RunDue(ctx context.Context) error {
 		var received int64
 		env := &mail.Envelope{}
 		if err := rows.Scan(&id, &idx, &r.Addr, &r.Orig, &r.ORCPT, &r.Notify, &r.Route.Transport, &r.Route.NextHop,
-			&attempts, &env.From, &env.Size, &received, &env.SMTPUTF8, &env.Body, &env.Ret, &env.EnvID, &env.Client, &env.Helo, &env.BodyInline); err != nil {
+			&attempts, &env.From, &env.Size, &received, &env.SMTPUTF8, &env.Body, &env.Ret, &env.EnvID, &env.Client, &env.Helo, &env.BodyInline, &env.Prefix); err != nil {
 			rows.Close()
 			return fmt.Errorf("queue: scan: %w", err)
 		}
@@ -435,4 +447,14 @@ func (q *Queue) RunDue(ctx context.Context) error {
 	}
 	q.dropTombstones(readSeq)
 	return nil
+}
+
+// notifySuccess reports whether RFC 3461 NOTIFY asks for a success notice.
+func notifySuccess(notify string) bool {
+	for _, n := range strings.Split(notify, ",") {
+		if strings.EqualFold(n, "SUCCESS") {
+			return true
+		}
+	}
+	return false
 }

@@ -93,12 +93,12 @@ const listQuery = `SELECT m.id, m.sender, m.received, m.size, r.addr, r.transpor
 // list streams the matching entries; memory holds at most limit of them, however large the queue.
 func list(ctx context.Context, db *sql.DB, f Filter, limit int) (out []Entry, more bool, err error) {
 	// A database no server of this version has opened yet has no held column.
-	var version int
-	if err := db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil {
+	var hasHeld bool
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info('msg') WHERE name = 'held'`).Scan(&hasHeld); err != nil {
 		return nil, false, fmt.Errorf("queue: list: %w", err)
 	}
 	held := "m.held"
-	if version < 1 {
+	if !hasHeld {
 		held = "0"
 	}
 	args := []any{stateDelivered}

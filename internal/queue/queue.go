@@ -37,6 +37,8 @@ type Options struct {
 	// DestinationLimit caps simultaneous deliveries to one remote destination (domain or relay
 	// host); 0 means 20, Postfix's default_destination_concurrency_limit.
 	DestinationLimit int
+	// RemoteLimit caps simultaneous deliveries to all remote destinations together; 0 means 100.
+	RemoteLimit int
 	// AttemptTimeout bounds one delivery attempt.
 	AttemptTimeout time.Duration
 	// ScanInterval is how often the scheduler looks for due retries.
@@ -81,6 +83,7 @@ type Queue struct {
 	mu            sync.Mutex
 	inflight      map[string]int64   // rcptKey → busy, or a tombstone (see release)
 	active        map[mail.Route]int // deliveries running per limited route
+	activeRemote  int                // deliveries running on all limited routes
 	turnedAway    atomic.Bool        // a job waited for a slot since the last unclaim
 	commitSeq     atomic.Int64       // transactions committed so far
 	wg            sync.WaitGroup
@@ -123,6 +126,9 @@ func Open(opts Options) (*Queue, error) {
 	}
 	if opts.DestinationLimit <= 0 {
 		opts.DestinationLimit = 20
+	}
+	if opts.RemoteLimit <= 0 {
+		opts.RemoteLimit = 100
 	}
 	if opts.AttemptTimeout == 0 {
 		opts.AttemptTimeout = 10 * time.Minute
@@ -221,6 +227,7 @@ func (q *Queue) Accept(ctx context.Context, env *mail.Envelope, w *spool.Writer)
 	}
 	inline, isInline := w.Inline()
 	env.BodyInline = isInline
+	env.Prefix = w.Prefix()
 	var mem *memBody
 	if isInline && q.memBytes.Add(int64(cap(inline))) <= memBudget {
 		// The first delivery attempt reads the body from memory; it is released after. Past the
@@ -313,7 +320,14 @@ func (q *Queue) Close(ctx context.Context) error {
 // openBody opens a stored body for a delivery attempt.
 func (q *Queue) openBody(env *mail.Envelope) (io.ReadCloser, error) {
 	if !env.BodyInline {
-		return q.spool.Open(env.ID)
+		f, err := q.spool.Open(env.ID)
+		if err != nil || len(env.Prefix) == 0 {
+			return f, err
+		}
+		return struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(env.Prefix), f), f}, nil
 	}
 	var data []byte
 	if err := q.rdb.QueryRow(`SELECT data FROM body WHERE id = ?`, env.ID).Scan(&data); err != nil {

@@ -2,10 +2,12 @@ package queue
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -482,37 +484,78 @@ func (s *slowRemote) Deliver(ctx context.Context, msg *transport.Message, rcpts 
 	return make([]transport.Result, len(rcpts)), nil
 }
 
-// TestDestinationLimit: a backlog for one remote destination never has more than
-// DestinationLimit deliveries in flight, and still drains completely.
+// TestDestinationLimit: a backlog for remote destinations never has more deliveries in flight
+// than the per-destination limit or the global remote limit, and still drains completely.
 func TestDestinationLimit(t *testing.T) {
-	sr := &slowRemote{}
-	q, err := Open(Options{Dir: t.TempDir(), Transports: []transport.Transport{sr}, DestinationLimit: 3, Workers: 16,
-		ScanInterval: 20 * time.Millisecond})
+	for _, tc := range []struct {
+		name          string
+		dest, remote  int
+		domains, want int
+	}{
+		{"per destination", 3, 100, 1, 3},
+		{"all remote together", 20, 4, 5, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sr := &slowRemote{}
+			q, err := Open(Options{Dir: t.TempDir(), Transports: []transport.Transport{sr}, DestinationLimit: tc.dest,
+				RemoteLimit: tc.remote, Workers: 16, ScanInterval: 20 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			q.Start()
+			defer q.Close(context.Background())
+			const n = 30
+			for i := 0; i < n; i++ {
+				w, _ := q.Create()
+				w.WriteString("Subject: x\r\n\r\ny\r\n")
+				d := fmt.Sprintf("far%d.test", i%tc.domains)
+				env := &mail.Envelope{From: "a@b.test", Rcpts: []mail.Recipient{{Addr: "u@" + d, Route: mail.Route{Transport: "remote", NextHop: d}}}}
+				if err := q.Accept(context.Background(), env, w); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+				sr.mu.Lock()
+				d := sr.delivered
+				sr.mu.Unlock()
+				if d == n {
+					break
+				}
+			}
+			sr.mu.Lock()
+			defer sr.mu.Unlock()
+			if sr.delivered != n || sr.peak > tc.want || sr.peak < tc.want-1 {
+				t.Fatalf("delivered %d of %d, peak concurrency %d (limit %d)", sr.delivered, n, sr.peak, tc.want)
+			}
+		})
+	}
+}
+
+// A database written before the prefix column existed opens, gains the column, and its
+// messages are still delivered.
+func TestMigrateAddsPrefix(t *testing.T) {
+	dir := t.TempDir()
+	db, err := sql.Open("sqlite", "file:"+dir+"/queue.db")
 	if err != nil {
 		t.Fatal(err)
 	}
-	q.Start()
-	defer q.Close(context.Background())
-	const n = 30
-	for i := 0; i < n; i++ {
-		w, _ := q.Create()
-		w.WriteString("Subject: x\r\n\r\ny\r\n")
-		env := &mail.Envelope{From: "a@b.test", Rcpts: []mail.Recipient{{Addr: "u@far.test", Route: mail.Route{Transport: "remote", NextHop: "far.test"}}}}
-		if err := q.Accept(context.Background(), env, w); err != nil {
-			t.Fatal(err)
-		}
+	old := regexp.MustCompile(`(?m)^\t(prefix|held) .*\n`).ReplaceAllString(schema, "")
+	old = strings.Replace(old, "DEFAULT 0, -- 0 active", "DEFAULT 0 -- 0 active", 1)
+	if old == schema {
+		t.Fatal("test does not know the schema any more")
 	}
-	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
-		sr.mu.Lock()
-		d := sr.delivered
-		sr.mu.Unlock()
-		if d == n {
-			break
-		}
+	if _, err := db.Exec(old); err != nil {
+		t.Fatal(err)
 	}
-	sr.mu.Lock()
-	defer sr.mu.Unlock()
-	if sr.delivered != n || sr.peak > 3 || sr.peak < 2 {
-		t.Fatalf("delivered %d of %d, peak concurrency %d (limit 3)", sr.delivered, n, sr.peak)
+	db.Close()
+	w, r, err := openDB(dir + "/queue.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	defer r.Close()
+	var n int
+	if err := w.QueryRow(`SELECT COUNT(*) FROM pragma_table_info('msg') WHERE name = 'prefix'`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("prefix column: %d, %v", n, err)
 	}
 }

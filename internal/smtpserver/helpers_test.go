@@ -16,6 +16,7 @@ import (
 
 	"github.com/postamt/postamt/internal/certs"
 	"github.com/postamt/postamt/internal/config"
+	"github.com/postamt/postamt/internal/policy"
 	"github.com/postamt/postamt/internal/queue"
 	"github.com/postamt/postamt/internal/router"
 	"github.com/postamt/postamt/internal/smtpserver"
@@ -55,6 +56,7 @@ type envOpts struct {
 	limits smtpserver.Limits
 	noTLS  bool
 	fs     spool.FS
+	policy *policy.Chain
 }
 
 func newEnv(t *testing.T, o envOpts) *testEnv {
@@ -86,7 +88,7 @@ func newEnv(t *testing.T, o envOpts) *testEnv {
 		o.limits.MaxMessageSize = 1 << 20
 	}
 	srv := smtpserver.New(smtpserver.Options{Hostname: "mx.example.test", Limits: o.limits, TLS: tlsConf,
-		Router: r, Intake: q, Logger: log})
+		Router: r, Intake: q, Logger: log, Policy: o.policy})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -24,6 +24,7 @@ import (
 
 	"github.com/postamt/postamt/internal/mail"
 	"github.com/postamt/postamt/internal/observe"
+	"github.com/postamt/postamt/internal/policy"
 	"github.com/postamt/postamt/internal/smtp"
 	"github.com/postamt/postamt/internal/spool"
 )
@@ -63,6 +64,10 @@ type Options struct {
 	Logger   *slog.Logger
 	IDs      *observe.IDGen
 	Now      func() time.Time
+	// Listener names this server's role for checks and logs ("smtp" when empty).
+	Listener string
+	// Policy runs the configured checks at each stage; nil accepts everything the router does.
+	Policy *policy.Chain
 	// CommitLatency, when set, is told how long each accepted message took from the end of its
 	// data to the queue's durable commit (the wait before the 250), for metrics.
 	CommitLatency func(time.Duration)
@@ -99,6 +104,9 @@ func New(opts Options) *Server {
 	}
 	if opts.IDs == nil {
 		opts.IDs = observe.NewIDGen(opts.Now)
+	}
+	if opts.Listener == "" {
+		opts.Listener = "smtp"
 	}
 	l := &opts.Limits
 	if l.MaxLineLength < 512 {

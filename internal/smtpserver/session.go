@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/postamt/postamt/internal/mail"
+	"github.com/postamt/postamt/internal/policy"
 	"github.com/postamt/postamt/internal/smtp"
 	"github.com/postamt/postamt/internal/spool"
 )
@@ -41,6 +42,7 @@ type session struct {
 	end      string // why the session ended, for the log line
 
 	tx *txn
+	pc *policy.Conn // what checks see of this session
 }
 
 // txn is the current mail transaction (MAIL FROM until the end of data or RSET).
@@ -53,6 +55,7 @@ type txn struct {
 	bdat      *spool.Writer
 	bdatCheck *lineCheck
 	bdatSize  int64
+	pt        *policy.Txn
 }
 
 func (s *Server) serveConn(c net.Conn, ip netip.Addr) {
@@ -63,6 +66,10 @@ func (s *Server) serveConn(c net.Conn, ip netip.Addr) {
 		r:   bufio.NewReaderSize(c, max(1024, s.opts.Limits.MaxLineLength+2)),
 		w:   bufio.NewWriterSize(c, 1024),
 		ctx: context.Background(),
+	}
+	sess.pc = &policy.Conn{
+		SessionID: sess.id, Listener: s.opts.Listener, RemoteIP: ip, RemoteAddr: c.RemoteAddr(), LocalAddr: c.LocalAddr(),
+		Values: map[string]any{}, Now: s.opts.Now, Logger: s.log,
 	}
 	defer func() {
 		if p := recover(); p != nil {
@@ -145,6 +152,19 @@ func (s *session) serve() {
 	if s.srv.isClosing() {
 		s.reply(smtp.NewReply(421, smtp.EnhancedCode{4, 3, 2}, host+" Service shutting down"))
 		s.flush()
+		return
+	}
+	if r := s.srv.opts.Policy.Conn(s.ctx, s.pc); r.Refused() {
+		// RFC 5321 §3.1 allows 554 instead of the greeting; we close at once rather than wait
+		// for a QUIT from a client we do not want.
+		code := 554
+		if r.Action == policy.Tempfail {
+			code = 421
+		}
+		s.reply(smtp.NewReply(code, r.Reply.Enhanced, host+" "+r.Reply.Text))
+		s.flush()
+		s.end = "refused at connect: " + policy.Summary(r.Outcomes)
+		s.srv.log.Info("connection refused by policy", "session", s.id, "client", s.ip.String(), "checks", policy.Summary(r.Outcomes), "reason", r.Reason)
 		return
 	}
 	// RFC 5321 §4.2 and RFC 2034 §3: no enhanced code in the greeting.
@@ -254,7 +274,15 @@ func (s *session) cmdHello(args string, ehlo bool) {
 		return
 	}
 	s.abortTx()
-	s.helo = sanitize(args, 255)
+	s.pc.Helo = sanitize(args, 255)
+	if r := s.srv.opts.Policy.Helo(s.ctx, s.pc); r.Refused() {
+		s.pc.Helo = s.helo
+		s.srv.log.Info("HELO refused by policy", "session", s.id, "client", s.ip.String(), "helo", sanitize(args, 255),
+			"checks", policy.Summary(r.Outcomes), "reply", r.Reply.Line())
+		s.reply(r.Reply)
+		return
+	}
+	s.helo = s.pc.Helo
 	s.esmtp = ehlo
 	host := s.srv.opts.Hostname
 	if !ehlo {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/postamt/postamt/internal/mail"
+	"github.com/postamt/postamt/internal/policy"
 	"github.com/postamt/postamt/internal/smtp"
 	"github.com/postamt/postamt/internal/spool"
 )
@@ -77,7 +78,18 @@ func (s *session) cmdMail(args string) {
 	}
 	// A source route on the sender is dropped (RFC 5321 Appendix C): replies go to the mailbox.
 	path.SourceRoute = false
-	s.tx = &txn{from: path, params: params}
+	pt := &policy.Txn{Conn: s.pc, From: path.Addr.String(), Params: params}
+	if path.Null {
+		pt.From = ""
+	}
+	if r := s.srv.opts.Policy.Mail(s.ctx, pt); r.Refused() {
+		s.srv.log.Info("sender refused by policy", "session", s.id, "client", s.ip.String(), "from", path.String(),
+			"checks", policy.Summary(r.Outcomes), "reply", r.Reply.Line())
+		s.rejected++
+		s.reply(r.Reply)
+		return
+	}
+	s.tx = &txn{from: path, params: params, pt: pt}
 	s.reply(smtp.NewReply(250, smtp.CodeSenderOK, "Sender OK"))
 }
 
@@ -118,12 +130,20 @@ func (s *session) cmdRcpt(args string) {
 		s.reply(reply)
 		return
 	}
+	if r := s.srv.opts.Policy.Rcpt(s.ctx, s.tx.pt, path, rcpts); r.Refused() {
+		s.srv.log.Info("recipient refused by policy", "session", s.id, "client", s.ip.String(), "from", s.tx.from.String(),
+			"to", path.String(), "checks", policy.Summary(r.Outcomes), "reply", r.Reply.Line())
+		s.rejected++
+		s.reply(r.Reply)
+		return
+	}
 	notify := strings.Join(params.Notify, ",")
 	for _, r := range rcpts {
 		r.ORCPT, r.Notify = params.ORCPT, notify
 		s.tx.addRcpt(r)
 	}
 	s.tx.rcptCmds++
+	s.tx.pt.Rcpts = s.tx.rcpts
 	s.reply(smtp.NewReply(250, smtp.CodeDestOK, "Recipient OK"))
 }
 
@@ -211,11 +231,22 @@ func (s *session) finishBody(w *spool.Writer, sink *dataSink) {
 	case sink.err != nil:
 		reply = smtp.ReplyFor(sink.err, s.id)
 	}
+	pt := tx.pt
+	if reply == nil && s.srv.opts.Policy != nil {
+		pt.ID, pt.Rcpts = w.ID(), tx.rcpts
+		r := s.srv.opts.Policy.Data(s.ctx, pt, spooled{w})
+		if r.Refused() {
+			reply = r.Reply
+		} else if len(pt.Headers) > 0 {
+			w.Prepend([]byte(strings.Join(pt.Headers, "\r\n") + "\r\n"))
+		}
+	}
 	if reply != nil {
 		w.Abort()
 		s.rejected++
 		s.srv.Stats.Rejected.Add(1)
-		s.srv.log.Info("message rejected", "session", s.id, "client", s.ip.String(), "from", tx.from.String(), "reply", reply.Line())
+		s.srv.log.Info("message rejected", "session", s.id, "client", s.ip.String(), "from", tx.from.String(), "reply", reply.Line(),
+			"checks", policy.Summary(pt.Outcomes))
 		s.reply(reply)
 		return
 	}
@@ -223,6 +254,9 @@ func (s *session) finishBody(w *spool.Writer, sink *dataSink) {
 		From: tx.from.Addr.String(), Rcpts: tx.rcpts, ReceivedAt: s.srv.opts.Now(),
 		SMTPUTF8: tx.params.SMTPUTF8, Body: tx.params.Body, Ret: tx.params.Ret, EnvID: tx.params.EnvID,
 		Client: s.ip.String(), Helo: s.helo,
+	}
+	if pt.Action == policy.Quarantine {
+		env.Quarantine = pt.Reason
 	}
 	if tx.from.Null {
 		env.From = ""
@@ -240,8 +274,15 @@ func (s *session) finishBody(w *spool.Writer, sink *dataSink) {
 	if s.srv.opts.CommitLatency != nil {
 		s.srv.opts.CommitLatency(time.Since(start))
 	}
-	s.srv.log.Info("queued", "session", s.id, "id", env.ID, "client", s.ip.String(), "from", tx.from.String(),
-		"rcpts", len(env.Rcpts), "size", env.Size, "commit", time.Since(start).Round(time.Microsecond))
+	attrs := []any{"session", s.id, "id", env.ID, "client", s.ip.String(), "from", tx.from.String(),
+		"rcpts", len(env.Rcpts), "size", env.Size, "commit", time.Since(start).Round(time.Microsecond)}
+	if len(pt.Outcomes) > 0 {
+		attrs = append(attrs, "checks", policy.Summary(pt.Outcomes))
+	}
+	if env.Quarantine != "" {
+		attrs = append(attrs, "quarantine", env.Quarantine)
+	}
+	s.srv.log.Info("queued", attrs...)
 	s.reply(smtp.NewReply(250, smtp.CodeOK, "OK: queued as "+env.ID))
 }
 
@@ -330,3 +371,9 @@ func (s *session) received(id string) string {
 	fmt.Fprintf(&b, ";\r\n\t%s\r\n", s.srv.opts.Now().Format(time.RFC1123Z))
 	return b.String()
 }
+
+// spooled lets DATA checks read the body being received.
+type spooled struct{ w *spool.Writer }
+
+func (m spooled) Size() int64                  { return m.w.Size() }
+func (m spooled) Open() (io.ReadCloser, error) { return m.w.Reader() }

@@ -8,6 +8,7 @@ package spool
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -235,6 +236,9 @@ type Writer struct {
 	n      int64
 	err    error
 	closed bool
+	// prefix holds header fields added after the body spilled to a file (checks and signing
+	// run at the end of data); the queue stores it beside the file, which is never rewritten.
+	prefix []byte
 }
 
 // ID is the queue ID the body is stored under.
@@ -309,6 +313,48 @@ func (w *Writer) Commit() error {
 		return w.err
 	}
 	return nil
+}
+
+// Prepend puts p (whole header fields, CRLF-terminated) before everything written so far. An
+// inline body gets it in place; a spilled one keeps it apart, in Prefix.
+func (w *Writer) Prepend(p []byte) {
+	if len(p) == 0 || w.err != nil {
+		return
+	}
+	w.n += int64(len(p))
+	if w.f == nil {
+		w.buf = append(w.buf, p...)
+		copy(w.buf[len(p):], w.buf[:len(w.buf)-len(p)])
+		copy(w.buf, p)
+		return
+	}
+	w.prefix = append(append([]byte(nil), p...), w.prefix...)
+}
+
+// Prefix is what Prepend kept apart from a spilled body; nil for inline bodies.
+func (w *Writer) Prefix() []byte { return w.prefix }
+
+// Reader reads the body as written so far (prefix included), for checks at the end of data.
+// It must be closed before Commit or Abort.
+func (w *Writer) Reader() (io.ReadCloser, error) {
+	if w.err != nil {
+		return nil, w.err
+	}
+	if w.f == nil {
+		return io.NopCloser(bytes.NewReader(w.buf)), nil
+	}
+	if err := w.bw.Flush(); err != nil {
+		w.err = classify("write", err)
+		return nil, w.err
+	}
+	f, err := w.s.fs.Open(w.s.path(w.id))
+	if err != nil {
+		return nil, classify("open", err)
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(w.prefix), f), f}, nil
 }
 
 // Release returns the in-memory buffer once the body is stored and no longer read from memory.

@@ -2,6 +2,7 @@ package dnstest
 
 import (
 	"context"
+	"encoding/hex"
 	"net"
 	"testing"
 	"time"
@@ -20,6 +21,15 @@ func Server(t testing.TB, z *Zone) string {
 		m.Authoritative = true
 		for _, q := range req.Question {
 			answer(z, m, q)
+			// Like a validating resolver: AD only for secure data, and only to a client that
+			// shows it understands DNSSEC (RFC 6840 §5.7).
+			opt := req.IsEdns0()
+			if z.Secure[norm(q.Name)] && m.Rcode != mdns.RcodeServerFailure && (req.AuthenticatedData || opt != nil && opt.Do()) {
+				m.AuthenticatedData = true
+			}
+		}
+		if opt := req.IsEdns0(); opt != nil {
+			m.SetEdns0(opt.UDPSize(), opt.Do())
 		}
 		w.WriteMsg(m)
 	})
@@ -83,6 +93,15 @@ func answer(z *Zone, m *mdns.Msg, q mdns.Question) {
 		if q.Qtype == mdns.TypeTXT {
 			for _, s := range txts {
 				m.Answer = append(m.Answer, &mdns.TXT{Hdr: hdr(mdns.TypeTXT), Txt: []string{s}})
+			}
+		}
+	}
+	if recs, ok := z.TLSA[name]; ok {
+		known = true
+		if q.Qtype == mdns.TypeTLSA {
+			for _, r := range recs {
+				m.Answer = append(m.Answer, &mdns.TLSA{Hdr: hdr(mdns.TypeTLSA), Usage: r.Usage, Selector: r.Selector,
+					MatchingType: r.MatchingType, Certificate: hex.EncodeToString(r.Data)})
 			}
 		}
 	}

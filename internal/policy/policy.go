@@ -1,0 +1,141 @@
+// Package policy is the one interface every check implements (SPF, DKIM, DMARC, DNSBL,
+// greylisting, rate limits, rspamd, ClamAV, milters, submission rules, sandbox chaos) and the
+// Chain that runs them at the SMTP stage they belong to. The SMTP server calls the Chain; it
+// knows nothing about individual checks, and checks know nothing about the session's I/O.
+package policy
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/postamt/postamt/internal/mail"
+	"github.com/postamt/postamt/internal/smtp"
+)
+
+// Action is what a check wants done. Higher values win when checks disagree.
+type Action int
+
+const (
+	Continue   Action = iota // nothing to do (headers may still be added)
+	Tag                      // accept, adding the check's headers
+	Quarantine               // accept, but hold the message for an administrator
+	Tempfail                 // refuse with 4xx
+	Reject                   // refuse with 5xx
+)
+
+func (a Action) String() string {
+	switch a {
+	case Continue:
+		return "continue"
+	case Tag:
+		return "tag"
+	case Quarantine:
+		return "quarantine"
+	case Tempfail:
+		return "tempfail"
+	case Reject:
+		return "reject"
+	}
+	return fmt.Sprintf("action(%d)", int(a))
+}
+
+// ParseAction reads a configured action name.
+func ParseAction(s string) (Action, error) {
+	for a := Continue; a <= Reject; a++ {
+		if strings.EqualFold(s, a.String()) {
+			return a, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown action %q (use continue, tag, quarantine, tempfail or reject)", s)
+}
+
+// Verdict is one check's answer.
+type Verdict struct {
+	Action Action
+	// Reply is sent for Tempfail and Reject; when nil a generic one is made. Its text is what
+	// the client sees, so it names the reason in plain words and never internal details.
+	Reply *smtp.Reply
+	// Headers are complete header fields ("Name: value", folded with CRLF+WSP if long, no
+	// final CRLF) put at the top of the message when it is accepted.
+	Headers []string
+	// Score adds to the message's score; the Chain rejects at its threshold.
+	Score float64
+	// Result is a short token for the one log line per message ("pass", "fail", "hit:zen").
+	Result string
+	// Reason explains the verdict for logs and the quarantine.
+	Reason string
+	// Err reports that the check could not decide (backend down, timeout); the Chain then
+	// applies the entry's fail-open or fail-closed rule instead of Action.
+	Err error
+}
+
+// Conn is what checks may know about the client connection.
+type Conn struct {
+	SessionID  string
+	Listener   string // "smtp", "submission", "sandbox", ...
+	RemoteIP   netip.Addr
+	RemoteAddr net.Addr
+	LocalAddr  net.Addr
+	Helo       string               // after HELO/EHLO
+	TLS        *tls.ConnectionState // nil in plain text
+	AuthUser   string               // "" unless authenticated
+	Values     map[string]any       // per-session state a check keeps between stages
+	Now        func() time.Time     // the server's clock
+	Logger     *slog.Logger         // for checks that need to say more than their verdict
+}
+
+// Txn is the mail transaction being checked.
+type Txn struct {
+	Conn   *Conn
+	ID     string // queue ID once DATA started, "" before
+	From   string // reverse-path without brackets; "" for <>
+	Params smtp.MailParams
+	Rcpts  []mail.Recipient // routed recipients accepted so far
+
+	// Kept by the Chain across the transaction's stages.
+	Score    float64
+	Action   Action   // strongest accepted action so far (Tag, Quarantine)
+	Reason   string   // of that action
+	Headers  []string // to add at the top of the message
+	Outcomes []Outcome
+}
+
+// Message gives DATA-stage checks the received message: our Received header first, then the
+// client's header and body exactly as received (CRLF line ends, dot-stuffing removed).
+type Message interface {
+	Size() int64
+	Open() (io.ReadCloser, error)
+}
+
+// A Check has a name for logs and implements one or more of the stage interfaces below.
+type Check interface {
+	Name() string
+}
+
+type ConnCheck interface {
+	CheckConn(ctx context.Context, c *Conn) Verdict
+}
+
+type HeloCheck interface {
+	CheckHelo(ctx context.Context, c *Conn) Verdict
+}
+
+type MailCheck interface {
+	CheckMail(ctx context.Context, t *Txn) Verdict
+}
+
+type RcptCheck interface {
+	// CheckRcpt sees one RCPT TO: the path as given and what the router made of it.
+	CheckRcpt(ctx context.Context, t *Txn, rcpt smtp.Path, routed []mail.Recipient) Verdict
+}
+
+type DataCheck interface {
+	CheckData(ctx context.Context, t *Txn, m Message) Verdict
+}
