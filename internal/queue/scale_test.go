@@ -173,7 +173,7 @@ func TestQueueScale(t *testing.T) {
 	q.Close(context.Background())
 	have := 0
 	t.Logf("machine: %s/%s, %d CPUs, %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), cpuModel())
-	t.Logf("%10s %12s %10s %14s %14s %12s %12s", "deferred", "fill", "open", "RunDue p50", "RunDue max", "delay scan", "VmHWM")
+	t.Logf("%10s %12s %10s %14s %14s %12s %12s %12s", "deferred", "fill", "open", "RunDue p50", "RunDue max", "delay scan", "Counts", "VmHWM")
 	for _, size := range []int{10000, 100000, 1000000, 10000000} {
 		if size > total {
 			break
@@ -209,12 +209,18 @@ func TestQueueScale(t *testing.T) {
 		}
 		delayScan := time.Since(start)
 		q.bounceMu.Unlock()
+		start = time.Now()
+		if _, _, _, err := q.Counts(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		counts := time.Since(start)
 		if n := len(q.work); n != 100 {
 			t.Fatalf("%d jobs dispatched, want the 100 due", n)
 		}
 		q.Close(context.Background())
-		t.Logf("%10d %12s %10s %14s %14s %12s %9d MB", size, fillTime.Round(time.Millisecond), openTime.Round(time.Millisecond),
-			runs[len(runs)/2].Round(time.Microsecond), runs[len(runs)-1].Round(time.Microsecond), delayScan.Round(time.Microsecond), vmHWM()>>10)
+		t.Logf("%10d %12s %10s %14s %14s %12s %12s %9d MB", size, fillTime.Round(time.Millisecond), openTime.Round(time.Millisecond),
+			runs[len(runs)/2].Round(time.Microsecond), runs[len(runs)-1].Round(time.Microsecond), delayScan.Round(time.Microsecond),
+			counts.Round(time.Microsecond), vmHWM()>>10)
 	}
 }
 
