@@ -181,14 +181,15 @@ func (q *Queue) RetryAll(ctx context.Context) (int, error) {
 		}
 		total += int(n)
 		q.Kick()
-		if n < retryChunk {
+		if n < int64(retryChunk) {
 			return total, nil
 		}
 	}
 	return total, ctx.Err()
 }
 
-const retryChunk = 10000
+// retryChunk is a variable so that tests can cross chunk boundaries with a small queue.
+var retryChunk = 10000
 
 const retryAllChunk = `UPDATE rcpt SET next_attempt = ?1 WHERE (msg_id, idx) IN (
 	SELECT r.msg_id, r.idx FROM rcpt r CROSS JOIN msg m ON m.id = r.msg_id
