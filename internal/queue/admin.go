@@ -169,7 +169,7 @@ func (q *Queue) RetryAll(ctx context.Context) (int, error) {
 			// Held recipients sit at heldNext, outside the range; rescheduled ones fall out of it.
 			// CROSS JOIN keeps rcpt (its due index) the outer loop: each chunk then starts where
 			// the previous one ended instead of walking msg from the beginning again.
-			res, err := tx.Exec(retryAllChunk, now, heldNext, retryChunk)
+			res, err := tx.Exec(retryAllChunk, now, heldNext, q.retryChunk)
 			if err != nil {
 				return err
 			}
@@ -181,15 +181,16 @@ func (q *Queue) RetryAll(ctx context.Context) (int, error) {
 		}
 		total += int(n)
 		q.Kick()
-		if n < int64(retryChunk) {
+		if n < int64(q.retryChunk) {
 			return total, nil
 		}
 	}
 	return total, ctx.Err()
 }
 
-// retryChunk is a variable so that tests can cross chunk boundaries with a small queue.
-var retryChunk = 10000
+// retryChunk is how many recipients one RetryAll transaction reschedules (Queue.retryChunk
+// unless a test sets it smaller).
+const retryChunk = 10000
 
 const retryAllChunk = `UPDATE rcpt SET next_attempt = ?1 WHERE (msg_id, idx) IN (
 	SELECT r.msg_id, r.idx FROM rcpt r CROSS JOIN msg m ON m.id = r.msg_id

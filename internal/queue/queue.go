@@ -97,7 +97,8 @@ type Queue struct {
 	lastDelayScan time.Time    // guarded by bounceMu
 	acceptMu      sync.RWMutex
 
-	metrics Metrics
+	metrics    Metrics
+	retryChunk int // see RetryAll
 }
 
 // Metrics are counters for observability and tests.
@@ -169,6 +170,7 @@ func Open(opts Options) (*Queue, error) {
 		kick:       make(chan struct{}, 1),
 		inflight:   map[string]int64{},
 		active:     map[mail.Route]int{},
+		retryChunk: retryChunk,
 	}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	for _, t := range opts.Transports {

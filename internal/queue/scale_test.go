@@ -124,9 +124,8 @@ func TestRetryAllInChunks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer q.Close(context.Background())
-	defer func(c int) { retryChunk = c }(retryChunk)
-	retryChunk = 1000
-	n := 2*retryChunk + 500
+	q.retryChunk = 1000
+	n := 2*q.retryChunk + 500
 	fill(t, q.db, 0, n, now.Add(-time.Hour), 1, func(i int) time.Time { return now.Add(time.Hour + time.Duration(i)*time.Millisecond) })
 	if err := q.Hold(context.Background(), "S000000000000007"); err != nil {
 		t.Fatal(err)
