@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -39,6 +41,7 @@ type App struct {
 	addrs   []net.Addr
 	metrics *observe.MetricsServer
 	admin   *admin.Server
+	checks  *builtChecks
 	remote  *remote.Transport
 	errc    chan error
 }
@@ -58,6 +61,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 	hist := observe.NewHistograms()
 	dests := observe.NewDestinations(100)
 	rt := router.New(cfg.Local, cfg.Outbound)
+	// One resolver for delivery and for the checks: outbound.dns_servers or the system's.
 	resolver := dns.System(cfg.Outbound.DNSServers)
 	ot := cfg.Outbound.TLS
 	daneResolver := ""
@@ -88,7 +92,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		DestinationLimit: cfg.Outbound.DestinationLimit,
 		RemoteLimit:      cfg.Outbound.MaxConnections,
 		Workers:          cfg.Queue.DeliveryWorkers,
-		Transports:       []transport.Transport{local, out},
+		Transports:       append([]transport.Transport{local, out}, mapTransports(cfg)...),
 		Logger:           log,
 	})
 	if err != nil {
@@ -96,6 +100,11 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 	}
 	bouncer.Intake = q // the DSN goes back in through the same queue
 	tlsConf, err := certs.ServerConfig(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.Path("tls"), cfg.Hostname)
+	if err != nil {
+		q.Close(context.Background())
+		return nil, err
+	}
+	checks, err := buildChecks(cfg, checkDeps{Resolver: resolver, Now: time.Now, Logger: log})
 	if err != nil {
 		q.Close(context.Background())
 		return nil, err
@@ -114,8 +123,10 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		Logger:        log,
 		IDs:           observe.NewIDGen(nil),
 		CommitLatency: hist.Commit,
+		Policy:        checks.Chain,
+		GreetDelay:    checks.GreetDelay,
 	})
-	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, remote: out, errc: make(chan error, len(l.Listen))}
+	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, checks: checks, remote: out, errc: make(chan error, len(l.Listen))}
 	var lns []net.Listener
 	for _, addr := range l.Listen {
 		ln, err := net.Listen("tcp", addr)
@@ -124,6 +135,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 				x.Close()
 			}
 			q.Close(context.Background())
+			checks.Close()
 			return nil, fmt.Errorf("smtp.listen %s: %w", addr, err)
 		}
 		lns = append(lns, ln)
@@ -190,6 +202,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 		err = qerr
 	}
 	a.remote.Close() // idle connections kept for reuse
+	if cerr := a.checks.Close(); err == nil {
+		err = cerr
+	}
 	a.log.Info("stopped")
 	return err
 }
@@ -267,4 +282,20 @@ func outboundTransport(cfg *config.Config) (*remote.Transport, error) {
 		t.Auth = map[string]remote.Credentials{o.RelayHost: {Username: o.RelayUsername, Password: strings.TrimRight(pass, "\r")}}
 	}
 	return t, nil
+}
+
+// mapTransports makes one LMTP transport per distinct LMTP server in the transport map; SMTP
+// entries use the remote transport.
+func mapTransports(cfg *config.Config) []transport.Transport {
+	seen := map[string]bool{}
+	var out []transport.Transport
+	for _, d := range slices.Sorted(maps.Keys(cfg.Outbound.Transports)) {
+		rt, ok := router.TransportMapRoute(cfg.Outbound.Transports[d])
+		if !ok || seen[rt.Transport] || !strings.HasPrefix(rt.Transport, "lmtp:") {
+			continue
+		}
+		seen[rt.Transport] = true
+		out = append(out, &lmtp.Transport{Address: strings.TrimPrefix(rt.Transport, "lmtp:"), Hostname: cfg.Hostname, Label: rt.Transport})
+	}
+	return out
 }

@@ -63,8 +63,7 @@ listen = "127.0.0.1:0"
 	}
 	base := "http://" + a.metrics.Addr().String()
 	body := get(t, base+"/metrics")
-	for _, want := range []string{"postamt_smtp_messages_accepted_total 1", `postamt_delivery_attempts_total{result="sent"} 1`, "postamt_queue_messages 0", "postamt_smtp_commit_seconds_count 1", `postamt_delivery_attempt_seconds_count{transport="maildir"} 1`,
-		`postamt_delivery_attempts_by_destination_total{destination="maildir",result="sent"} 1`, "postamt_queue_messages_held 0"} {
+	for _, want := range []string{"postamt_smtp_messages_accepted_total 1", `postamt_delivery_attempts_total{result="sent"} 1`, "postamt_queue_messages 0", "postamt_smtp_commit_seconds_count 1", `postamt_delivery_attempt_seconds_count{transport="maildir"} 1`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
@@ -316,6 +315,52 @@ func (discardSession) Rcpt(string, *gosmtp.RcptOptions) error { return nil }
 func (discardSession) Data(r io.Reader) error                 { _, err := io.Copy(io.Discard, r); return err }
 func (discardSession) Reset()                                 {}
 func (discardSession) Logout() error                          { return nil }
+
+// TestTransportMapLMTP: one local domain goes to the Maildir, another (by the transport map) to
+// an LMTP server of its own, as in `example.org → lmtp:...`.
+func TestTransportMapLMTP(t *testing.T) {
+	dir := t.TempDir()
+	store := &lmtptest.Store{}
+	addr := store.Start(t)
+	cfg, err := config.Parse("test.toml", []byte(`
+hostname = "mx.example.test"
+data_dir = "`+dir+`"
+[smtp]
+listen = ["127.0.0.1:0"]
+[local]
+domains = ["example.test", "example.org"]
+mailboxes = ["alice@example.test", "bob@example.org"]
+[outbound.transports]
+"example.org" = "lmtp:`+addr+`"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Start(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Shutdown(context.Background())
+	if err := send(a.Addrs()[0].String(), "x@remote.test", "bob@example.org", "Subject: to lmtp\r\n\r\nx\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(a.Addrs()[0].String(), "x@remote.test", "alice@example.test", "Subject: to maildir\r\n\r\nx\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end) && len(store.Messages()) == 0; time.Sleep(20 * time.Millisecond) {
+	}
+	msgs := store.Messages()
+	if len(msgs) != 1 || msgs[0].To != "bob@example.org" || !strings.Contains(msgs[0].Body, "Subject: to lmtp") {
+		t.Fatalf("LMTP store got %+v", msgs)
+	}
+	box := filepath.Join(dir, "mail", "example.test", "alice", "new")
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if ents, _ := os.ReadDir(box); len(ents) == 1 {
+			return
+		}
+	}
+	t.Fatal("alice's message did not reach the Maildir")
+}
 
 // TestAdminAPIWired: the server starts the admin API with the token in data_dir, on the socket
 // and on the configured loopback port, and removes the socket on shutdown.

@@ -22,6 +22,7 @@ type Config struct {
 	Outbound Outbound  `toml:"outbound"`
 	Metrics  Metrics   `toml:"metrics"`
 	Admin    Admin     `toml:"admin"`
+	Checks   Checks    `toml:"checks"`
 	file     string    // where the settings came from, for messages
 	pos      positions // option → line, for semantic errors
 }
@@ -151,6 +152,7 @@ func Default() *Config {
 		Outbound: Outbound{Port: 25, DestinationLimit: 20, MaxConnections: 100, ConnectionReuse: Duration(5 * time.Second),
 			TLS: OutboundTLS{MTASTS: true}},
 		Metrics: Metrics{Listen: ""},
+		Checks:  defaultChecks(),
 	}
 }
 

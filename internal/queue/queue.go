@@ -81,11 +81,14 @@ type Queue struct {
 
 	work          chan *job
 	mu            sync.Mutex
-	inflight      map[string]int64   // rcptKey → busy, or a tombstone (see release)
-	active        map[mail.Route]int // deliveries running per limited route
-	activeRemote  int                // deliveries running on all limited routes
-	turnedAway    atomic.Bool        // a job waited for a slot since the last unclaim
-	commitSeq     atomic.Int64       // transactions committed so far
+	inflight      map[string]int64      // rcptKey → busy, or a tombstone (see release)
+	active        map[mail.Route]int    // deliveries running per limited route
+	activeRemote  int                   // deliveries running on all limited routes
+	parked        map[mail.Route][]*job // jobs waiting for a slot, in arrival order
+	parkedN       int
+	stopping      bool
+	turnedAway    atomic.Bool  // a job waited for a slot since the last unclaim
+	commitSeq     atomic.Int64 // transactions committed so far
 	wg            sync.WaitGroup
 	stop          chan struct{}
 	kick          chan struct{}
@@ -171,6 +174,7 @@ func Open(opts Options) (*Queue, error) {
 		inflight:   map[string]int64{},
 		active:     map[mail.Route]int{},
 		retryChunk: retryChunk,
+		parked:     map[mail.Route][]*job{},
 	}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	for _, t := range opts.Transports {
@@ -300,6 +304,9 @@ func (q *Queue) Close(ctx context.Context) error {
 	if q.closed.Swap(true) {
 		return nil
 	}
+	q.mu.Lock()
+	q.stopping = true // workers stop taking parked jobs; those stay pending in the database
+	q.mu.Unlock()
 	close(q.stop)
 	done := make(chan struct{})
 	go func() { q.wg.Wait(); close(done) }()

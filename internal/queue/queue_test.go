@@ -495,10 +495,11 @@ func TestDestinationLimit(t *testing.T) {
 		{"per destination", 3, 100, 1, 3},
 		{"all remote together", 20, 4, 5, 4},
 	} {
+		// No periodic scan: the backlog must drain by handing slots to parked jobs alone.
 		t.Run(tc.name, func(t *testing.T) {
 			sr := &slowRemote{}
 			q, err := Open(Options{Dir: t.TempDir(), Transports: []transport.Transport{sr}, DestinationLimit: tc.dest,
-				RemoteLimit: tc.remote, Workers: 16, ScanInterval: 20 * time.Millisecond})
+				RemoteLimit: tc.remote, Workers: 16, ScanInterval: time.Hour})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -526,6 +527,11 @@ func TestDestinationLimit(t *testing.T) {
 			defer sr.mu.Unlock()
 			if sr.delivered != n || sr.peak > tc.want || sr.peak < tc.want-1 {
 				t.Fatalf("delivered %d of %d, peak concurrency %d (limit %d)", sr.delivered, n, sr.peak, tc.want)
+			}
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			if q.parkedN != 0 || len(q.parked) != 0 || q.activeRemote != 0 {
+				t.Errorf("left over: %d parked, %d active", q.parkedN, q.activeRemote)
 			}
 		})
 	}

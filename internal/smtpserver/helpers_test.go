@@ -57,6 +57,7 @@ type envOpts struct {
 	noTLS  bool
 	fs     spool.FS
 	policy *policy.Chain
+	greet  time.Duration
 }
 
 func newEnv(t *testing.T, o envOpts) *testEnv {
@@ -88,7 +89,7 @@ func newEnv(t *testing.T, o envOpts) *testEnv {
 		o.limits.MaxMessageSize = 1 << 20
 	}
 	srv := smtpserver.New(smtpserver.Options{Hostname: "mx.example.test", Limits: o.limits, TLS: tlsConf,
-		Router: r, Intake: q, Logger: log, Policy: o.policy})
+		Router: r, Intake: q, Logger: log, Policy: o.policy, GreetDelay: o.greet})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -68,6 +68,9 @@ type Options struct {
 	Listener string
 	// Policy runs the configured checks at each stage; nil accepts everything the router does.
 	Policy *policy.Chain
+	// GreetDelay, when > 0, holds the greeting back that long and notes a client that talks
+	// first (policy.Conn.PreGreet), as Postfix's postscreen does; connection checks decide.
+	GreetDelay time.Duration
 	// CommitLatency, when set, is told how long each accepted message took from the end of its
 	// data to the queue's durable commit (the wait before the 250), for metrics.
 	CommitLatency func(time.Duration)
