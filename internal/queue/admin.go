@@ -218,7 +218,7 @@ func (q *Queue) Hold(ctx context.Context, id string) error {
 		var err error
 		idxs, err = rcptIndexes(tx, id)
 		return err
-	}, func() { q.tombstone(id, idxs) })
+	}, func() { q.unpark(id); q.tombstone(id, idxs) })
 	return adminErr("hold", id, err)
 }
 
@@ -265,6 +265,7 @@ func (q *Queue) Delete(ctx context.Context, id string) error {
 		}
 		return nil
 	}, func() {
+		q.unpark(id)
 		q.tombstone(id, idxs)
 		if !inline {
 			// A running attempt that has the file open still reads it to the end (POSIX).
@@ -309,7 +310,7 @@ func (q *Queue) Bounce(ctx context.Context, id, reason string) (int, error) {
 		}
 		idxs, err = rcptIndexes(tx, id)
 		return err
-	}, func() { q.tombstone(id, idxs) })
+	}, func() { q.unpark(id); q.tombstone(id, idxs) })
 	if err != nil {
 		return 0, adminErr("bounce", id, err)
 	}
@@ -331,6 +332,34 @@ func (q *Queue) tombstone(id string, idxs []int) {
 		}
 	}
 	q.mu.Unlock()
+}
+
+// unpark takes the message's jobs out of the wait for a delivery slot (see claimOrPark), so that
+// a job parked before a hold, delete or bounce does not run after it. Their recipients get a
+// tombstone like those of a finished attempt.
+func (q *Queue) unpark(id string) {
+	seq := q.commitSeq.Load()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for r, l := range q.parked {
+		kept := l[:0]
+		for _, j := range l {
+			if j.env.ID != id {
+				kept = append(kept, j)
+				continue
+			}
+			q.parkedN--
+			for _, i := range j.idx {
+				q.inflight[rcptKey(id, i)] = seq
+			}
+		}
+		clear(l[len(kept):])
+		if len(kept) == 0 {
+			delete(q.parked, r)
+		} else {
+			q.parked[r] = kept
+		}
+	}
 }
 
 // attempting reports whether a delivery attempt of the message is running.

@@ -22,6 +22,7 @@ import (
 // gate holds every delivery attempt until the test opens it, so that admin operations can be
 // run against a message whose attempt is in flight.
 type gate struct {
+	name    string // "" for maildir
 	rec     *transporttest.Recorder
 	entered chan struct{}
 	open    chan struct{}
@@ -31,7 +32,12 @@ func newGate(rec *transporttest.Recorder) *gate {
 	return &gate{rec: rec, entered: make(chan struct{}, 16), open: make(chan struct{})}
 }
 
-func (g *gate) Name() string { return "maildir" }
+func (g *gate) Name() string {
+	if g.name == "" {
+		return "maildir"
+	}
+	return g.name
+}
 func (g *gate) Deliver(ctx context.Context, msg *transport.Message, rcpts []mail.Recipient) ([]transport.Result, error) {
 	g.entered <- struct{}{}
 	select {
@@ -514,4 +520,70 @@ func TestAttemptResultByDestination(t *testing.T) {
 		defer mu.Unlock()
 		return len(got) == len(want) && got["far.test sent"] == 1 && got["far.test deferred"] == 1 && got["maildir sent"] == 1
 	})
+}
+
+// TestAdminParkedJobs: with the one slot for a destination taken, later messages wait in memory
+// for it (parked); holding, deleting or bouncing one of them takes it out of that wait, so it is
+// not attempted when the slot frees.
+func TestAdminParkedJobs(t *testing.T) {
+	rec := &transporttest.Recorder{TransportName: "remote"}
+	g := newGate(rec)
+	g.name = "remote"
+	b := &bounces{}
+	q, err := Open(Options{Dir: t.TempDir(), Transports: []transport.Transport{g}, DestinationLimit: 1,
+		ScanInterval: time.Hour, Bounce: b.bounce})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Start()
+	defer q.Close(context.Background())
+	defer func() {
+		select {
+		case <-g.open:
+		default:
+			close(g.open)
+		}
+	}()
+	accept := func(rcpt string) string {
+		w, _ := q.Create()
+		w.WriteString("Subject: x\r\n\r\ny\r\n")
+		env := &mail.Envelope{From: "s@here.test", Rcpts: []mail.Recipient{{Addr: rcpt, Route: mail.Route{Transport: "remote", NextHop: "far.test"}}}}
+		if err := q.Accept(context.Background(), env, w); err != nil {
+			t.Fatal(err)
+		}
+		return env.ID
+	}
+	accept("first@far.test")
+	g.waitEntered(t) // holds the only slot
+	held, deleted, bounced := accept("held@far.test"), accept("deleted@far.test"), accept("bounced@far.test")
+	accept("kept@far.test")
+	waitFor(t, func() bool { q.mu.Lock(); defer q.mu.Unlock(); return q.parkedN == 4 })
+	if err := q.Hold(context.Background(), held); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Delete(context.Background(), deleted); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Bounce(context.Background(), bounced, "no"); err != nil {
+		t.Fatal(err)
+	}
+	q.mu.Lock()
+	n := q.parkedN
+	q.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d jobs parked, want only the untouched one", n)
+	}
+	close(g.open)
+	waitFor(t, func() bool { return len(rec.Deliveries()) == 2 })
+	time.Sleep(50 * time.Millisecond)
+	got := map[string]bool{}
+	for _, d := range rec.Deliveries() {
+		got[d.Rcpt.Addr] = true
+	}
+	if len(got) != 2 || !got["first@far.test"] || !got["kept@far.test"] || rec.Attempts() != 2 {
+		t.Fatalf("delivered %v in %d attempts", got, rec.Attempts())
+	}
+	if m, err := q.Show(context.Background(), held); err != nil || !m.Held || m.Recipients[0].InFlight {
+		t.Fatalf("held: %+v %v", m, err)
+	}
 }
