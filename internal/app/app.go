@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/postamt/postamt/internal/admin"
 	"github.com/postamt/postamt/internal/bounce"
 	"github.com/postamt/postamt/internal/certs"
 	"github.com/postamt/postamt/internal/config"
@@ -39,6 +40,7 @@ type App struct {
 	log     *slog.Logger
 	addrs   []net.Addr
 	metrics *observe.MetricsServer
+	admin   *admin.Server
 	checks  *builtChecks
 	remote  *remote.Transport
 	errc    chan error
@@ -57,6 +59,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		local = &maildir.Transport{Root: cfg.Path(cfg.Local.MaildirRoot), Hostname: cfg.Hostname}
 	}
 	hist := observe.NewHistograms()
+	dests := observe.NewDestinations(100)
 	rt := router.New(cfg.Local, cfg.Outbound)
 	// One resolver for delivery and for the checks: outbound.dns_servers or the system's.
 	resolver := dns.System(cfg.Outbound.DNSServers)
@@ -81,6 +84,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 	q, err := queue.Open(queue.Options{
 		Bounce:           bouncer.Bounce,
 		AttemptLatency:   hist.Attempt,
+		AttemptResult:    dests.Count,
 		Dir:              cfg.Path("queue"),
 		RetryIntervals:   durations(cfg.Queue.RetryIntervals),
 		MaxAge:           cfg.Queue.MaxAge.D(),
@@ -152,13 +156,19 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 				return errors.New("shutting down")
 			}
 			return nil
-		}, log)
+		}, log, dests)
 		if err != nil {
 			a.Shutdown(context.Background())
 			return nil, fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
 		}
 		a.metrics = m
 	}
+	adm, err := admin.Start(admin.Options{DataDir: cfg.DataDir, Listen: cfg.Admin.Listen, Queue: q, Logger: log})
+	if err != nil {
+		a.Shutdown(context.Background())
+		return nil, err
+	}
+	a.admin = adm
 	log.Info("ready", "hostname", cfg.Hostname, "data_dir", abs(cfg.DataDir), "config", cfg.File())
 	return a, nil
 }
@@ -166,11 +176,22 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 // Addrs are the addresses the SMTP listeners are bound to (useful with port 0).
 func (a *App) Addrs() []net.Addr { return a.addrs }
 
+// AdminAddr is the admin API's loopback TCP address, nil without [admin] listen.
+func (a *App) AdminAddr() net.Addr {
+	if a.admin == nil {
+		return nil
+	}
+	return a.admin.TCPAddr()
+}
+
 // Err reports a listener that failed after start.
 func (a *App) Err() <-chan error { return a.errc }
 
 // Shutdown stops the listeners, then the queue.
 func (a *App) Shutdown(ctx context.Context) error {
+	if a.admin != nil {
+		a.admin.Close(ctx)
+	}
 	if a.metrics != nil {
 		a.metrics.Close(ctx)
 	}
@@ -230,6 +251,15 @@ func (a *App) counters() []observe.Counter {
 		{Name: "queue_recipients", Help: "Recipients in the queue by state.", Gauge: true, Labels: map[string]string{"state": "pending"}, Value: queueCount(func(p, _, _ int) int { return p })},
 		{Name: "queue_recipients", Help: "Recipients in the queue by state.", Gauge: true, Labels: map[string]string{"state": "failed"}, Value: queueCount(func(_, f, _ int) int { return f })},
 		{Name: "queue_messages", Help: "Messages in the queue.", Gauge: true, Value: queueCount(func(_, _, m int) int { return m })},
+		{Name: "queue_messages_held", Help: "Messages held by the administrator (postamt queue hold).", Gauge: true, Value: func() float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			n, err := a.Queue.Held(ctx)
+			if err != nil {
+				return -1
+			}
+			return float64(n)
+		}},
 	}
 }
 

@@ -234,6 +234,7 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	set("POSTAMT_LOG_FORMAT", func(v string) error { c.Log.Format = v; return nil })
 	set("POSTAMT_LOG_LEVEL", func(v string) error { c.Log.Level = v; return nil })
 	set("POSTAMT_METRICS_LISTEN", func(v string) error { c.Metrics.Listen = v; return nil })
+	set("POSTAMT_ADMIN_LISTEN", func(v string) error { c.Admin.Listen = v; return nil })
 	if es != nil {
 		return es
 	}
