@@ -18,6 +18,7 @@ import (
 	"github.com/postamt/postamt/internal/config"
 	"github.com/postamt/postamt/internal/dns"
 	"github.com/postamt/postamt/internal/observe"
+	"github.com/postamt/postamt/internal/policy"
 	"github.com/postamt/postamt/internal/queue"
 	"github.com/postamt/postamt/internal/router"
 	"github.com/postamt/postamt/internal/smtpserver"
@@ -42,6 +43,15 @@ type App struct {
 func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	// Content checks: the lead joins these with the sender-authentication checks (checks.go).
+	contentEntries, err := contentChecks(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var chain *policy.Chain
+	if len(contentEntries) > 0 {
+		chain = &policy.Chain{Entries: contentEntries}
 	}
 	var local transport.Transport
 	switch cfg.Local.Transport {
@@ -90,6 +100,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		Logger:        log,
 		IDs:           observe.NewIDGen(nil),
 		CommitLatency: hist.Commit,
+		Policy:        chain,
 	})
 	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, errc: make(chan error, len(l.Listen))}
 	var lns []net.Listener

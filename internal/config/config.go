@@ -12,17 +12,19 @@ import (
 
 // Config is the whole configuration. Components receive only their own section.
 type Config struct {
-	Hostname string    `toml:"hostname"`
-	DataDir  string    `toml:"data_dir"`
-	Log      Log       `toml:"log"`
-	SMTP     SMTP      `toml:"smtp"`
-	TLS      TLS       `toml:"tls"`
-	Queue    Queue     `toml:"queue"`
-	Local    Local     `toml:"local"`
-	Outbound Outbound  `toml:"outbound"`
-	Metrics  Metrics   `toml:"metrics"`
-	file     string    // where the settings came from, for messages
-	pos      positions // option → line, for semantic errors
+	Hostname   string     `toml:"hostname"`
+	DataDir    string     `toml:"data_dir"`
+	Log        Log        `toml:"log"`
+	SMTP       SMTP       `toml:"smtp"`
+	TLS        TLS        `toml:"tls"`
+	Queue      Queue      `toml:"queue"`
+	Local      Local      `toml:"local"`
+	Outbound   Outbound   `toml:"outbound"`
+	Metrics    Metrics    `toml:"metrics"`
+	Checks     Checks     `toml:"checks"`
+	Quarantine Quarantine `toml:"quarantine"`
+	file       string     // where the settings came from, for messages
+	pos        positions  // option → line, for semantic errors
 }
 
 type Log struct {
@@ -121,8 +123,10 @@ func Default() *Config {
 			MaildirRoot:   "mail",
 			LMTPAddress:   "127.0.0.1:24",
 		},
-		Outbound: Outbound{Port: 25, DestinationLimit: 20},
-		Metrics:  Metrics{Listen: ""},
+		Outbound:   Outbound{Port: 25, DestinationLimit: 20},
+		Metrics:    Metrics{Listen: ""},
+		Checks:     defaultChecks(),
+		Quarantine: Quarantine{Path: "quarantine.db"},
 	}
 }
 

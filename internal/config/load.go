@@ -236,9 +236,13 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 }
 
 // Dump renders the effective configuration as TOML, for `postamt config check` and the start-up
-// log. Nothing in Config is secret yet; when secrets arrive they are redacted here.
+// log. Secrets are redacted.
 func (c *Config) Dump() string {
-	b, err := toml.Marshal(c)
+	cc := *c
+	if cc.Checks.Rspamd.Password != "" {
+		cc.Checks.Rspamd.Password = "(redacted)"
+	}
+	b, err := toml.Marshal(&cc)
 	if err != nil {
 		return "# cannot render configuration: " + err.Error()
 	}

@@ -1,0 +1,48 @@
+package app
+
+import (
+	"fmt"
+
+	"github.com/postamt/postamt/internal/config"
+	"github.com/postamt/postamt/internal/policy"
+	"github.com/postamt/postamt/internal/policy/clamav"
+	"github.com/postamt/postamt/internal/policy/rspamd"
+)
+
+// contentChecks builds the chain entries of the content scanners, in the order a message
+// meets them: the cheap built-in attachment policy first, then milters, then ClamAV (a
+// virus is a harder verdict than spam), then rspamd.
+func contentChecks(cfg *config.Config) ([]policy.Entry, error) {
+	k := cfg.Checks
+	var es []policy.Entry
+	entry := func(ch policy.Check, cc config.CheckCommon) {
+		es = append(es, policy.Entry{Check: ch, Timeout: cc.Timeout.D(), FailClosed: cc.FailClosed})
+	}
+	if a := k.ClamAV; a.Enabled {
+		action, err := policy.ParseAction(a.Action)
+		if err != nil {
+			return nil, fmt.Errorf("checks.clamav.action: %w", err)
+		}
+		c, err := clamav.New(clamav.Options{Address: a.Address, Action: action, MaxSize: int64(a.MaxSize)})
+		if err != nil {
+			return nil, err
+		}
+		entry(c, a.CheckCommon)
+	}
+	if r := k.Rspamd; r.Enabled {
+		action, err := policy.ParseAction(r.RejectAction)
+		if err != nil {
+			return nil, fmt.Errorf("checks.rspamd.reject_action: %w", err)
+		}
+		max := int64(r.MaxSize)
+		if max == 0 {
+			max = int64(cfg.SMTP.MaxMessageSize)
+		}
+		c, err := rspamd.New(rspamd.Options{URL: r.URL, Password: r.Password, RejectAction: action, MaxSize: max})
+		if err != nil {
+			return nil, err
+		}
+		entry(c, r.CheckCommon)
+	}
+	return es, nil
+}
