@@ -5,6 +5,7 @@ import (
 
 	"github.com/postamt/postamt/internal/config"
 	"github.com/postamt/postamt/internal/policy"
+	"github.com/postamt/postamt/internal/policy/attachments"
 	"github.com/postamt/postamt/internal/policy/clamav"
 	"github.com/postamt/postamt/internal/policy/rspamd"
 )
@@ -17,6 +18,26 @@ func contentChecks(cfg *config.Config) ([]policy.Entry, error) {
 	var es []policy.Entry
 	entry := func(ch policy.Check, cc config.CheckCommon) {
 		es = append(es, policy.Entry{Check: ch, Timeout: cc.Timeout.D(), FailClosed: cc.FailClosed})
+	}
+	if a := k.Attachments; a.Enabled {
+		action, err := policy.ParseAction(a.Action)
+		if err != nil {
+			return nil, fmt.Errorf("checks.attachments.action: %w", err)
+		}
+		types := make([]attachments.Kind, len(a.BlockedTypes))
+		for i, t := range a.BlockedTypes {
+			types[i] = attachments.Kind(t)
+		}
+		c, err := attachments.New(attachments.Options{
+			Action: action, MaxDepth: a.MaxDepth, MaxParts: a.MaxParts,
+			BlockedExtensions: a.BlockedExtensions, BlockedTypes: types,
+			ScanArchives: a.ScanArchives, MaxArchiveEntries: a.MaxArchiveEntries,
+			MaxArchiveSize: int64(a.MaxArchiveSize), MaxArchiveDepth: a.MaxArchiveDepth,
+		})
+		if err != nil {
+			return nil, err
+		}
+		entry(c, a.CheckCommon)
 	}
 	if a := k.ClamAV; a.Enabled {
 		action, err := policy.ParseAction(a.Action)

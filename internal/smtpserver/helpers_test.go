@@ -57,6 +57,8 @@ type envOpts struct {
 	noTLS  bool
 	fs     spool.FS
 	policy *policy.Chain
+	// quarantine, when set, receives quarantined messages.
+	quarantine smtpserver.QuarantineIntake
 }
 
 func newEnv(t *testing.T, o envOpts) *testEnv {
@@ -88,7 +90,7 @@ func newEnv(t *testing.T, o envOpts) *testEnv {
 		o.limits.MaxMessageSize = 1 << 20
 	}
 	srv := smtpserver.New(smtpserver.Options{Hostname: "mx.example.test", Limits: o.limits, TLS: tlsConf,
-		Router: r, Intake: q, Logger: log, Policy: o.policy})
+		Router: r, Intake: q, Logger: log, Policy: o.policy, Quarantine: o.quarantine})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

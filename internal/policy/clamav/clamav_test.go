@@ -199,3 +199,17 @@ func TestParseReply(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseReply: whatever clamd (or something posing as it) answers, the virus name that can
+// reach an SMTP reply is short and printable.
+func FuzzParseReply(f *testing.F) {
+	for _, s := range []string{"stream: OK", "stream: Eicar-Test-Signature FOUND", "INSTREAM size limit exceeded. ERROR", "stream: \xff\x00 FOUND"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		r, _ := parseReply(s)
+		if len(r.Virus) > 110 || strings.ContainsAny(r.Virus, "\r\n\x00") {
+			t.Fatalf("virus name %q", r.Virus)
+		}
+	})
+}
