@@ -7,12 +7,14 @@ import (
 	"github.com/postamt/postamt/internal/policy"
 	"github.com/postamt/postamt/internal/policy/attachments"
 	"github.com/postamt/postamt/internal/policy/clamav"
+	"github.com/postamt/postamt/internal/policy/milter"
 	"github.com/postamt/postamt/internal/policy/rspamd"
 )
 
 // contentChecks builds the chain entries of the content scanners, in the order a message
-// meets them: the cheap built-in attachment policy first, then milters, then ClamAV (a
-// virus is a harder verdict than spam), then rspamd.
+// meets them at the end of data: the cheap built-in attachment policy first, then milters
+// (which also see connect, HELO, MAIL and RCPT), then ClamAV (a virus is a harder verdict than
+// spam), then rspamd.
 func contentChecks(cfg *config.Config) ([]policy.Entry, error) {
 	k := cfg.Checks
 	var es []policy.Entry
@@ -38,6 +40,20 @@ func contentChecks(cfg *config.Config) ([]policy.Entry, error) {
 			return nil, err
 		}
 		entry(c, a.CheckCommon)
+	}
+	for i, m := range k.Milters {
+		if !m.Enabled {
+			continue
+		}
+		network, addr, err := config.MilterAddress(m.Address)
+		if err != nil {
+			return nil, fmt.Errorf("checks.milter[%d].address: %w", i, err)
+		}
+		c, err := milter.New(milter.Options{Name: m.Name, Network: network, Address: addr, Hostname: cfg.Hostname, Timeout: m.Timeout.D()})
+		if err != nil {
+			return nil, err
+		}
+		entry(c, m.CheckCommon)
 	}
 	if a := k.ClamAV; a.Enabled {
 		action, err := policy.ParseAction(a.Action)

@@ -113,11 +113,13 @@ func (f *Finding) String() string {
 func (c *Check) CheckData(ctx context.Context, t *policy.Txn, m policy.Message) policy.Verdict {
 	r, err := m.Open()
 	if err != nil {
+		logFailure(t, err)
 		return policy.Verdict{Err: err, Result: "error", Reason: err.Error()}
 	}
 	defer r.Close()
 	f, err := c.Inspect(ctx, r)
 	if err != nil {
+		logFailure(t, err)
 		return policy.Verdict{Err: err, Result: "error", Reason: err.Error()}
 	}
 	if f == nil {
@@ -395,4 +397,12 @@ func utf16(s string) []byte {
 		b = append(b, s[i], 0)
 	}
 	return b
+}
+
+// logFailure says what went wrong; the chain then applies the fail-open or fail-closed rule
+// and its log line only names the check.
+func logFailure(t *policy.Txn, err error) {
+	if t != nil && t.Conn != nil && t.Conn.Logger != nil {
+		t.Conn.Logger.Warn("attachments check failed", "session", t.Conn.SessionID, "id", t.ID, "err", err)
+	}
 }

@@ -84,6 +84,7 @@ type Result struct{ Virus string }
 func (c *Check) CheckData(ctx context.Context, t *policy.Txn, m policy.Message) policy.Verdict {
 	res, err := c.ScanMessage(ctx, m)
 	if err != nil {
+		logFailure(t, err)
 		return policy.Verdict{Err: err, Result: "error", Reason: err.Error()}
 	}
 	if res.Virus == "" {
@@ -234,4 +235,12 @@ func safeName(s string) string {
 		return "unknown"
 	}
 	return b.String()
+}
+
+// logFailure says what went wrong; the chain then applies the fail-open or fail-closed rule
+// and its log line only names the check.
+func logFailure(t *policy.Txn, err error) {
+	if t != nil && t.Conn != nil && t.Conn.Logger != nil {
+		t.Conn.Logger.Warn("clamav check failed", "session", t.Conn.SessionID, "id", t.ID, "err", err)
+	}
 }

@@ -86,6 +86,7 @@ func (c *Check) CheckData(ctx context.Context, t *policy.Txn, m policy.Message) 
 	}
 	rep, err := c.Scan(ctx, t, m)
 	if err != nil {
+		logFailure(t, err)
 		return policy.Verdict{Err: err, Result: "error", Reason: err.Error()}
 	}
 	return c.verdict(rep)
@@ -267,3 +268,11 @@ func snippet(b []byte) string {
 // Timeout is the default per-message bound when the configuration sets none: rspamd's own
 // task timeout is 8 s.
 const Timeout = 15 * time.Second
+
+// logFailure says what went wrong; the chain then applies the fail-open or fail-closed rule
+// and its log line only names the check.
+func logFailure(t *policy.Txn, err error) {
+	if t != nil && t.Conn != nil && t.Conn.Logger != nil {
+		t.Conn.Logger.Warn("rspamd check failed", "session", t.Conn.SessionID, "id", t.ID, "err", err)
+	}
+}
