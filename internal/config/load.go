@@ -173,11 +173,17 @@ func scanPositions(data []byte) (positions, error) {
 	p := unstable.Parser{}
 	p.Reset(data)
 	var table []string
+	arrays := map[string]int{} // [[array.table]] → how many seen, so options are "name[i].key"
 	for p.NextExpression() {
 		e := p.Expression()
 		switch e.Kind {
 		case unstable.Table, unstable.ArrayTable:
 			table = keyParts(e.Key())
+			if e.Kind == unstable.ArrayTable {
+				name := strings.Join(table, ".")
+				table = []string{fmt.Sprintf("%s[%d]", name, arrays[name])}
+				arrays[name]++
+			}
 			pos[strings.Join(table, ".")] = p.Shape(e.Raw).Start.Line
 		case unstable.KeyValue:
 			k := append(append([]string{}, table...), keyParts(e.Key())...)
