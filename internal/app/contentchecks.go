@@ -35,6 +35,7 @@ func contentChecks(cfg *config.Config) ([]policy.Entry, error) {
 			BlockedExtensions: a.BlockedExtensions, BlockedTypes: types,
 			ScanArchives: a.ScanArchives, MaxArchiveEntries: a.MaxArchiveEntries,
 			MaxArchiveSize: int64(a.MaxArchiveSize), MaxArchiveDepth: a.MaxArchiveDepth,
+			BlockEncrypted: a.BlockEncryptedArchives,
 		})
 		if err != nil {
 			return nil, err

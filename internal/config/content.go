@@ -73,6 +73,8 @@ type Attachments struct {
 	MaxArchiveEntries int  `toml:"max_archive_entries"`
 	MaxArchiveSize    Size `toml:"max_archive_size"`
 	MaxArchiveDepth   int  `toml:"max_archive_depth"`
+	// BlockEncryptedArchives refuses zip files with password-protected entries.
+	BlockEncryptedArchives bool `toml:"block_encrypted_archives"`
 }
 
 // Quarantine is where messages a check quarantined wait for an administrator.

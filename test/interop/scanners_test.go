@@ -270,3 +270,24 @@ func TestClamdStreamLimit(t *testing.T) {
 	requireReply(t, res, "451 4.7.1")
 	p.waitForLog(t, mustRe(`clamav=error`))
 }
+
+// TestClamdQuarantine: with action = "quarantine" the EICAR message is accepted, not
+// delivered, and listed in the quarantine with clamd's finding as the reason.
+func TestClamdQuarantine(t *testing.T) {
+	tcpAddr, _ := startClamd(t)
+	p := startPostamt(t, postamtConfig{Mailboxes: []string{"alice@example.test"},
+		Extra: "[checks.clamav]\nenabled = true\naction = \"quarantine\"\nmax_size = \"1MiB\"\naddress = " + tomlString(tcpAddr) + "\n"})
+	bad := filepath.Join(t.TempDir(), "eicar.txt")
+	writeFile(t, bad, eicar)
+	res := swaks(t, p.Host, p.Port, "--from", senderAddr, "--to", "alice@example.test",
+		"--header", "Subject: virus held", "--attach-type", "text/plain", "--attach", "@"+bad)
+	id := queueIDFrom(requireReply(t, res, "250 "))
+	p.waitForLog(t, mustRe(`msg=quarantined`), mustRe(`id=`+id), mustRe(`clamav=virus`))
+	out := runCmd(t, "", postamtBinary(t), "quarantine", "list", "-c", filepath.Join(filepath.Dir(p.DataDir), "postamt.toml"))
+	if !strings.Contains(out.Output, id) || !strings.Contains(out.Output, "virus found: Eicar-Test-Signature") {
+		t.Errorf("quarantine list does not show %s with the virus:\n%s", id, out.Output)
+	}
+	if got := listFiles(p.MaildirNew("alice@example.test")); len(got) != 0 {
+		t.Errorf("the infected message was delivered: %v", got)
+	}
+}

@@ -44,6 +44,9 @@ type Options struct {
 	MaxArchiveEntries int   // per archive
 	MaxArchiveSize    int64 // uncompressed bytes read from all archives of one attachment
 	MaxArchiveDepth   int   // zip in zip
+	// BlockEncrypted refuses archives with password-protected entries, which no scanner can
+	// look into (a common way to slip malware past one).
+	BlockEncrypted bool
 }
 
 // Check is the attachment DATA check.

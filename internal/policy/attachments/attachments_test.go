@@ -149,6 +149,27 @@ func TestInspect(t *testing.T) {
 	}
 }
 
+// TestEncryptedEntries: a password-protected entry (flag bit 0) is not readable, so only its
+// name is checked — unless block_encrypted_archives refuses it.
+func TestEncryptedEntries(t *testing.T) {
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	w, err := zw.CreateHeader(&zip.FileHeader{Name: "invoice.pdf", Method: zip.Store, Flags: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(pe) // what an unencrypted look would call executable
+	zw.Close()
+	msg := message(att("secret.zip", buf.Bytes()))
+	if f, err := newCheck(t, nil).Inspect(context.Background(), strings.NewReader(msg)); f != nil || err != nil {
+		t.Errorf("default: finding %v, err %v; want the entry skipped", f, err)
+	}
+	f, err := newCheck(t, func(o *Options) { o.BlockEncrypted = true }).Inspect(context.Background(), strings.NewReader(msg))
+	if err != nil || f == nil || f.String() != `attachment "secret.zip/invoice.pdf": encrypted archive content that cannot be scanned` {
+		t.Errorf("blocking: finding %v, err %v", f, err)
+	}
+}
+
 func manyFiles(n int) map[string][]byte {
 	m := map[string][]byte{}
 	for i := range n {

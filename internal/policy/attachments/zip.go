@@ -45,8 +45,13 @@ func (c *Check) zip(ctx context.Context, name string, data []byte, b *budget, de
 			f.File = inner
 			return f, nil
 		}
-		if zf.Flags&1 != 0 || zf.FileInfo().IsDir() {
-			// Encrypted entries cannot be read without the password; their names were checked.
+		if zf.Flags&1 != 0 {
+			if c.o.BlockEncrypted {
+				return &Finding{File: inner, Why: "encrypted archive content that cannot be scanned"}, nil
+			}
+			continue // unreadable without the password; its name was checked
+		}
+		if zf.FileInfo().IsDir() {
 			continue
 		}
 		rc, err := zf.Open()
