@@ -119,8 +119,18 @@ func (c *Check) Scan(ctx context.Context, t *policy.Txn, m policy.Message) (*Rep
 		}
 		// rspamd reads an empty From as the null reverse-path.
 		h.Set("From", t.From)
+		// The addresses the client gave (before alias expansion), once each: per-user
+		// settings in rspamd key on them.
+		seen := map[string]bool{}
 		for _, r := range t.Rcpts {
-			h.Add("Rcpt", r.Addr)
+			a := r.Orig
+			if a == "" {
+				a = r.Addr
+			}
+			if !seen[a] {
+				seen[a] = true
+				h.Add("Rcpt", a)
+			}
 		}
 		if t.ID != "" {
 			h.Set("Queue-Id", t.ID)

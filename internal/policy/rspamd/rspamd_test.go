@@ -24,7 +24,7 @@ func txn() *policy.Txn {
 	return &policy.Txn{
 		Conn: &policy.Conn{RemoteIP: netip.MustParseAddr("192.0.2.7"), Helo: "client.example", AuthUser: "alice"},
 		ID:   "Q123", From: "a@example.org",
-		Rcpts: []mail.Recipient{{Addr: "b@example.net"}, {Addr: "c@example.net"}},
+		Rcpts: []mail.Recipient{{Addr: "b@example.net"}, {Addr: "x@example.net", Orig: "c@example.net"}, {Addr: "y@example.net", Orig: "c@example.net"}},
 	}
 }
 
