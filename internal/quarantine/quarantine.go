@@ -250,6 +250,10 @@ func (s *Store) release(ctx context.Context, q Intake, id string) (string, error
 		return "", err
 	}
 	env.ID, env.Quarantine, env.Prefix, env.BodyInline = "", "", nil, false
+	// The queue's give-up age (queue.max_age) counts from ReceivedAt: a message held longer
+	// than that would bounce at once. Delivery starts now; the Received header keeps the
+	// original time.
+	env.ReceivedAt = s.now()
 	w, err := q.Create()
 	if err != nil {
 		return "", err

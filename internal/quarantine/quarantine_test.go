@@ -71,7 +71,7 @@ func put(t *testing.T, st *Store, sp *spool.Spool, id, reason string, large bool
 	}
 	w.WriteString(body)
 	w.Prepend([]byte("X-Spam: Yes\r\n"))
-	env := &mail.Envelope{From: "a@example.org", Rcpts: []mail.Recipient{{Addr: "b@example.test", Route: mail.Route{Transport: "maildir", NextHop: "b@example.test"}}},
+	env := &mail.Envelope{From: "a@example.org", ReceivedAt: time.Now().Add(-10 * 24 * time.Hour), Rcpts: []mail.Recipient{{Addr: "b@example.test", Route: mail.Route{Transport: "maildir", NextHop: "b@example.test"}}},
 		Quarantine: reason, Client: "192.0.2.1"}
 	if err := st.Accept(context.Background(), env, w); err != nil {
 		t.Fatal(err)
@@ -144,6 +144,9 @@ func TestRelease(t *testing.T) {
 		t.Fatalf("queue got %d messages; body %q", len(q.envs), q.body)
 	}
 	e := q.envs[0]
+	if e.ReceivedAt.Before(time.Now().Add(-time.Minute)) {
+		t.Errorf("released with the old ReceivedAt %v: the queue's max_age would count from it", e.ReceivedAt)
+	}
 	if e.Quarantine != "" || e.From != "a@example.org" || e.Rcpts[0].Route.Transport != "maildir" || e.Client != "192.0.2.1" || e.ID == "ID1" {
 		t.Errorf("released envelope %+v", e)
 	}
