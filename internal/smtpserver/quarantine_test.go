@@ -59,3 +59,28 @@ func TestPolicyQuarantine(t *testing.T) {
 		t.Errorf("released delivery to %s, body equal: %v", ds[0].Rcpt.Addr, bytes.Equal(ds[0].Body, body))
 	}
 }
+
+// closer is a check with per-connection state; the server must release it when the
+// connection ends, however it ends.
+type closer struct {
+	scripted
+	closed chan string
+}
+
+func (c *closer) CloseConn(pc *policy.Conn) { c.closed <- pc.SessionID }
+
+func TestPolicyCloseConn(t *testing.T) {
+	chk := &closer{scripted: scripted{name: "stateful"}, closed: make(chan string, 4)}
+	e := newEnv(t, envOpts{policy: &policy.Chain{Entries: []policy.Entry{{Check: chk}}}})
+	c := e.dialReady()
+	c.cmd("QUIT", 221, "2.0.0")
+	c2 := e.dialReady()
+	c2.c.Close() // a client that just goes away
+	for i := range 2 {
+		select {
+		case <-chk.closed:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("CloseConn called %d times, want 2", i)
+		}
+	}
+}
