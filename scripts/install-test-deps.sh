@@ -14,8 +14,9 @@ set -euo pipefail
 
 # libnet-ssleay-perl: swaks needs it for --tls (it is only a Recommends).
 # rspamd, clamav-daemon, opendkim: the content-scanning tests start their own instances from
-# temp dirs on loopback ports; clamd gets a tiny signature database the test writes, so
-# clamav-freshclam (a Recommends) is never installed and no signature download happens.
+# temp dirs on loopback ports; clamd gets a tiny signature database the test writes.
+# clamav-freshclam comes in as a dependency, but like the other services it is not started
+# (policy-rc.d below) and is disabled afterwards, so no signature download ever happens.
 PKGS=(postfix swaks libnet-ssleay-perl dovecot-core dovecot-lmtpd msmtp python3 ca-certificates openssl
 	rspamd clamav-daemon opendkim opendkim-tools)
 
