@@ -9,11 +9,14 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	gomilter "github.com/d--j/go-milter"
 
 	"github.com/postamt/postamt/internal/dns/dnstest"
 )
@@ -137,4 +140,68 @@ func TestMilterDownFailModes(t *testing.T) {
 	res = swaks(t, open.Host, open.Port, "--from", senderAddr, "--to", "alice@example.test", "--header", "Subject: milter gone", "--body", "x\n")
 	requireReply(t, res, "250 ")
 	findMessage(t, open.MaildirNew("alice@example.test"), "milter gone")
+}
+
+// gatekeeper is a milter built with the go-milter library's server side: it refuses the
+// recipient trap@ at RCPT and any message whose body says "forbidden" at the end of data.
+type gatekeeper struct {
+	gomilter.NoOpMilter
+	body strings.Builder
+}
+
+func (g *gatekeeper) RcptTo(rcpt, _ string, _ gomilter.Modifier) (*gomilter.Response, error) {
+	if strings.HasPrefix(rcpt, "trap@") {
+		return gomilter.RejectWithCodeAndReason(550, "5.1.1 This address takes no mail")
+	}
+	return gomilter.RespContinue, nil
+}
+
+func (g *gatekeeper) BodyChunk(chunk []byte, _ gomilter.Modifier) (*gomilter.Response, error) {
+	g.body.Write(chunk)
+	return gomilter.RespContinue, nil
+}
+
+func (g *gatekeeper) EndOfMessage(m gomilter.Modifier) (*gomilter.Response, error) {
+	defer g.body.Reset()
+	if strings.Contains(g.body.String(), "forbidden") {
+		return gomilter.RejectWithCodeAndReason(554, "5.7.1 Content not allowed here")
+	}
+	m.AddHeader("X-Gatekeeper", "passed")
+	return gomilter.RespAccept, nil
+}
+
+func (g *gatekeeper) Abort(gomilter.Modifier) error { g.body.Reset(); return nil }
+
+// TestMilterStagesThroughServer: through the real binary, a milter's RCPT refusal reaches the
+// client on that RCPT (the other recipient still gets the message), its end-of-data refusal
+// with its own code and text refuses the message, and its added header is delivered.
+func TestMilterStagesThroughServer(t *testing.T) {
+	srv := gomilter.NewServer(gomilter.WithMilter(func() gomilter.Milter { return &gatekeeper{} }), gomilter.WithAction(gomilter.OptAddHeader))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	p := startPostamt(t, postamtConfig{Mailboxes: []string{"alice@example.test", "trap@example.test"},
+		Extra: milterConf("gatekeeper", ln.Addr().String(), true)})
+
+	res := swaks(t, p.Host, p.Port, "--from", senderAddr, "--to", "trap@example.test,alice@example.test",
+		"--header", "Subject: through the gate", "--body", "fine\n")
+	if !strings.Contains(res.Output, "<** 550 5.1.1 This address takes no mail") {
+		t.Errorf("RCPT trap@ not refused with the milter's reply")
+	}
+	requireReply(t, res, "250 ")
+	m := findMessage(t, p.MaildirNew("alice@example.test"), "through the gate")
+	if m.Header.Get("X-Gatekeeper") != "passed" {
+		t.Errorf("milter header missing:\n%s", m.Raw)
+	}
+	if got := listFiles(p.MaildirNew("trap@example.test")); len(got) != 0 {
+		t.Errorf("the refused recipient got mail: %v", got)
+	}
+
+	res = swaks(t, p.Host, p.Port, "--from", senderAddr, "--to", "alice@example.test",
+		"--header", "Subject: not through", "--body", "this is forbidden\n")
+	requireReply(t, res, "554 5.7.1 Content not allowed here")
+	p.waitForLog(t, mustRe(`msg="message rejected"`), mustRe(`gatekeeper=reject`))
 }
