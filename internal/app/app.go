@@ -22,6 +22,7 @@ import (
 	"github.com/postamt/postamt/internal/config"
 	"github.com/postamt/postamt/internal/dns"
 	"github.com/postamt/postamt/internal/observe"
+	"github.com/postamt/postamt/internal/quarantine"
 	"github.com/postamt/postamt/internal/queue"
 	"github.com/postamt/postamt/internal/router"
 	"github.com/postamt/postamt/internal/smtpserver"
@@ -43,7 +44,11 @@ type App struct {
 	admin   *admin.Server
 	checks  *builtChecks
 	remote  *remote.Transport
-	errc    chan error
+	// Quarantine holds the messages checks quarantined; its release loop runs until Shutdown.
+	Quarantine   *quarantine.Store
+	stopReleases context.CancelFunc
+	releasesDone chan struct{}
+	errc         chan error
 }
 
 // Start opens the queue, starts delivery and begins listening. On error nothing is left running.
@@ -99,8 +104,14 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		return nil, err
 	}
 	bouncer.Intake = q // the DSN goes back in through the same queue
+	qs, err := quarantine.Open(cfg.Path(cfg.Quarantine.Path))
+	if err != nil {
+		q.Close(context.Background())
+		return nil, err
+	}
 	tlsConf, err := certs.ServerConfig(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.Path("tls"), cfg.Hostname)
 	if err != nil {
+		qs.Close()
 		q.Close(context.Background())
 		return nil, err
 	}
@@ -125,8 +136,9 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		CommitLatency: hist.Commit,
 		Policy:        checks.Chain,
 		GreetDelay:    checks.GreetDelay,
+		Quarantine:    qs,
 	})
-	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, checks: checks, remote: out, errc: make(chan error, len(l.Listen))}
+	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, checks: checks, remote: out, Quarantine: qs, errc: make(chan error, len(l.Listen))}
 	var lns []net.Listener
 	for _, addr := range l.Listen {
 		ln, err := net.Listen("tcp", addr)
@@ -134,6 +146,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 			for _, x := range lns {
 				x.Close()
 			}
+			qs.Close()
 			q.Close(context.Background())
 			checks.Close()
 			return nil, fmt.Errorf("smtp.listen %s: %w", addr, err)
@@ -142,6 +155,13 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		a.addrs = append(a.addrs, ln.Addr())
 	}
 	q.Start()
+	rctx, stop := context.WithCancel(context.Background())
+	a.stopReleases, a.releasesDone = stop, make(chan struct{})
+	go func() {
+		defer close(a.releasesDone)
+		// `postamt quarantine release` marks messages; this loop delivers them.
+		qs.RunReleases(rctx, q, releasePoll, log)
+	}()
 	for _, ln := range lns {
 		log.Info("listening", "addr", ln.Addr().String(), "service", "smtp")
 		go func() {
@@ -196,6 +216,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 		a.metrics.Close(ctx)
 	}
 	err := a.SMTP.Shutdown(ctx)
+	a.stopReleases()
+	<-a.releasesDone
+	a.Quarantine.Close()
 	qctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if qerr := a.Queue.Close(qctx); err == nil {
@@ -208,6 +231,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 	a.log.Info("stopped")
 	return err
 }
+
+// releasePoll is how soon a release requested with the CLI is carried out.
+const releasePoll = time.Second
 
 func durations(ds []config.Duration) []time.Duration {
 	out := make([]time.Duration, len(ds))

@@ -12,19 +12,20 @@ import (
 
 // Config is the whole configuration. Components receive only their own section.
 type Config struct {
-	Hostname string    `toml:"hostname"`
-	DataDir  string    `toml:"data_dir"`
-	Log      Log       `toml:"log"`
-	SMTP     SMTP      `toml:"smtp"`
-	TLS      TLS       `toml:"tls"`
-	Queue    Queue     `toml:"queue"`
-	Local    Local     `toml:"local"`
-	Outbound Outbound  `toml:"outbound"`
-	Metrics  Metrics   `toml:"metrics"`
-	Admin    Admin     `toml:"admin"`
-	Checks   Checks    `toml:"checks"`
-	file     string    // where the settings came from, for messages
-	pos      positions // option → line, for semantic errors
+	Hostname   string     `toml:"hostname"`
+	DataDir    string     `toml:"data_dir"`
+	Log        Log        `toml:"log"`
+	SMTP       SMTP       `toml:"smtp"`
+	TLS        TLS        `toml:"tls"`
+	Queue      Queue      `toml:"queue"`
+	Local      Local      `toml:"local"`
+	Outbound   Outbound   `toml:"outbound"`
+	Metrics    Metrics    `toml:"metrics"`
+	Admin      Admin      `toml:"admin"`
+	Checks     Checks     `toml:"checks"`
+	Quarantine Quarantine `toml:"quarantine"`
+	file       string     // where the settings came from, for messages
+	pos        positions  // option → line, for semantic errors
 }
 
 type Log struct {
@@ -151,8 +152,9 @@ func Default() *Config {
 		},
 		Outbound: Outbound{Port: 25, DestinationLimit: 20, MaxConnections: 100, ConnectionReuse: Duration(5 * time.Second),
 			TLS: OutboundTLS{MTASTS: true}},
-		Metrics: Metrics{Listen: ""},
-		Checks:  defaultChecks(),
+		Metrics:    Metrics{Listen: ""},
+		Checks:     defaultChecks(),
+		Quarantine: Quarantine{Path: "quarantine.db"},
 	}
 }
 

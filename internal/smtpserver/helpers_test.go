@@ -58,6 +58,8 @@ type envOpts struct {
 	fs     spool.FS
 	policy *policy.Chain
 	greet  time.Duration
+	// quarantine, when set, receives quarantined messages.
+	quarantine smtpserver.QuarantineIntake
 }
 
 func newEnv(t *testing.T, o envOpts) *testEnv {
@@ -89,7 +91,7 @@ func newEnv(t *testing.T, o envOpts) *testEnv {
 		o.limits.MaxMessageSize = 1 << 20
 	}
 	srv := smtpserver.New(smtpserver.Options{Hostname: "mx.example.test", Limits: o.limits, TLS: tlsConf,
-		Router: r, Intake: q, Logger: log, Policy: o.policy, GreetDelay: o.greet})
+		Router: r, Intake: q, Logger: log, Policy: o.policy, GreetDelay: o.greet, Quarantine: o.quarantine})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
