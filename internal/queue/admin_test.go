@@ -228,7 +228,8 @@ func TestAdminHoldSurvivesRestartAndRelease(t *testing.T) {
 	if err := f.q.Release(context.Background(), id); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.q.Release(context.Background(), id); !errors.Is(err, ErrNotHeld) {
+	// The release makes the message due at once; its delivery may already have removed it.
+	if err := f.q.Release(context.Background(), id); !errors.Is(err, ErrNotHeld) && !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second release: %v", err)
 	}
 	f.q.RunDue(context.Background())
