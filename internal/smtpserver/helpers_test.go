@@ -57,6 +57,10 @@ type envOpts struct {
 	noTLS  bool
 	fs     spool.FS
 	policy *policy.Chain
+	// Submission: an authenticator, AUTH required for MAIL, and an implicit-TLS listener.
+	auth        smtpserver.Authenticator
+	requireAuth bool
+	implicitTLS bool
 }
 
 func newEnv(t *testing.T, o envOpts) *testEnv {
@@ -88,10 +92,13 @@ func newEnv(t *testing.T, o envOpts) *testEnv {
 		o.limits.MaxMessageSize = 1 << 20
 	}
 	srv := smtpserver.New(smtpserver.Options{Hostname: "mx.example.test", Limits: o.limits, TLS: tlsConf,
-		Router: r, Intake: q, Logger: log, Policy: o.policy})
+		Router: r, Intake: q, Logger: log, Policy: o.policy, Auth: o.auth, RequireAuth: o.requireAuth})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if o.implicitTLS {
+		ln = tls.NewListener(ln, tlsConf)
 	}
 	go srv.Serve(ln)
 	e := &testEnv{t: t, addr: ln.Addr().String(), q: q, rec: rec, srv: srv, logs: logs}

@@ -34,6 +34,13 @@ type Router interface {
 	Resolve(p smtp.Path, authenticated bool) ([]mail.Recipient, *smtp.Reply)
 }
 
+// Authenticator checks AUTH credentials; see submission.Authenticator. It returns the
+// canonical user name, or an error: an *smtp.Reply to send as is (a 421 also ends the
+// session), anything else means the credentials are wrong (535 5.7.8).
+type Authenticator interface {
+	Authenticate(ctx context.Context, ip netip.Addr, user, password string) (string, error)
+}
+
 // Intake takes accepted messages; see queue.Queue.
 type Intake interface {
 	// Create starts a spool file under a fresh queue ID.
@@ -68,6 +75,16 @@ type Options struct {
 	Listener string
 	// Policy runs the configured checks at each stage; nil accepts everything the router does.
 	Policy *policy.Chain
+	// Auth, when set, offers AUTH PLAIN and LOGIN (RFC 4954) — only once TLS is active unless
+	// AllowPlaintextAuth is set. Submission listeners set it; the MX listener does not.
+	Auth Authenticator
+	// AllowPlaintextAuth offers AUTH without TLS (never on a network anyone else can see).
+	AllowPlaintextAuth bool
+	// RequireAuth refuses MAIL until the client has authenticated (RFC 6409 §4.3).
+	RequireAuth bool
+	// HideClientIP leaves the client's address and HELO name out of our Received header, so a
+	// submitted message does not tell its recipients where its author was.
+	HideClientIP bool
 	// CommitLatency, when set, is told how long each accepted message took from the end of its
 	// data to the queue's durable commit (the wait before the 250), for metrics.
 	CommitLatency func(time.Duration)

@@ -167,6 +167,12 @@ func (s *session) serve() {
 		s.srv.log.Info("connection refused by policy", "session", s.id, "client", s.ip.String(), "checks", policy.Summary(r.Outcomes), "reason", r.Reason)
 		return
 	}
+	// Implicit TLS (RFC 8314 §3.3): the handshake comes before the greeting.
+	if tc, ok := s.conn.(*tls.Conn); ok && s.tls == nil {
+		if !s.handshake(tc) {
+			return
+		}
+	}
 	// RFC 5321 §4.2 and RFC 2034 §3: no enhanced code in the greeting.
 	s.reply(smtp.NewReply(220, smtp.EnhancedCode{}, host+" ESMTP Postamt"))
 	for !s.quit {
@@ -251,7 +257,7 @@ func (s *session) command(line []byte) {
 	case "HELP":
 		s.reply(smtp.NewReply(214, smtp.CodeOK, "See https://www.rfc-editor.org/rfc/rfc5321"))
 	case "AUTH":
-		s.reply(smtp.NewReply(502, smtp.CodeInvalidCommand, "AUTH is not available on this service"))
+		s.cmdAuth(args)
 	case "GET", "POST", "HEAD", "PUT", "CONNECT", "USER":
 		// Postfix's smtpd_forbidden_commands: a web or proxy request sent to the SMTP port is an
 		// attack or a mistake; end it rather than answering every header line.
@@ -293,6 +299,9 @@ func (s *session) cmdHello(args string, ehlo bool) {
 		"SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"}
 	if s.srv.opts.TLS != nil && s.tls == nil {
 		ext = append(ext, "STARTTLS")
+	}
+	if s.authOffered() {
+		ext = append(ext, "AUTH PLAIN LOGIN")
 	}
 	s.reply(smtp.NewReply(250, smtp.EnhancedCode{}, strings.Join(ext, "\n")))
 }
@@ -337,22 +346,32 @@ func (s *session) cmdStartTLS(args string) {
 		s.srv.log.Warn("discarding commands pipelined after STARTTLS", "session", s.id, "client", s.ip.String(), "bytes", n)
 		s.r.Discard(n)
 	}
-	tc := tls.Server(s.conn, s.srv.opts.TLS)
+	if !s.handshake(tls.Server(s.conn, s.srv.opts.TLS)) {
+		return
+	}
+	// RFC 3207 §4.2: forget everything learnt before TLS; the client must EHLO again.
+	s.abortTx()
+	s.helo, s.esmtp = "", false
+	s.pc.Helo = ""
+}
+
+// handshake runs the TLS handshake on tc (after STARTTLS, or first thing on an implicit-TLS
+// listener) and makes it the session's connection.
+func (s *session) handshake(tc *tls.Conn) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.opts.Limits.CommandTimeout)
 	defer cancel()
 	s.conn.SetDeadline(time.Now().Add(s.srv.opts.Limits.CommandTimeout))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		s.srv.log.Info("TLS handshake failed", "session", s.id, "client", s.ip.String(), "err", err)
 		s.quit, s.end = true, "TLS handshake failed"
-		return
+		return false
 	}
 	s.conn.SetDeadline(time.Time{})
 	st := tc.ConnectionState()
 	s.tls = &st
+	s.pc.TLS = &st
 	s.conn = tc
 	s.r.Reset(tc)
 	s.w.Reset(tc)
-	// RFC 3207 §4.2: forget everything learnt before TLS; the client must EHLO again.
-	s.abortTx()
-	s.helo, s.esmtp = "", false
+	return true
 }

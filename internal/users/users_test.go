@@ -1,0 +1,161 @@
+package users
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/postamt/postamt/internal/smtp"
+)
+
+var cheap = Params{Memory: 64, Time: 1, Threads: 1}
+
+func openTest(t *testing.T) *Store {
+	t.Helper()
+	s, err := OpenWith(filepath.Join(t.TempDir(), "users.db"), cheap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func addr(t *testing.T, s string) smtp.Address {
+	a, err := smtp.ParseAddress(s, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func TestAddAuthenticate(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	if err := s.Add(ctx, "Alice@Example.ORG", "correct horse", []string{"alias@example.org", "@shop.example"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Add(ctx, "alice@example.org", "other password", nil); !errors.Is(err, ErrExists) {
+		t.Fatalf("second add: %v, want ErrExists", err)
+	}
+	tests := []struct {
+		user, pass string
+		ok         bool
+	}{
+		{"alice@example.org", "correct horse", true},
+		{"ALICE@example.org", "correct horse", true},
+		{"alice@example.org", "correct horsE", false},
+		{"alice@example.org", "", false},
+		{"bob@example.org", "correct horse", false},
+	}
+	for _, tt := range tests {
+		name, err := s.Authenticate(ctx, tt.user, tt.pass)
+		if tt.ok && (err != nil || name != "alice@example.org") {
+			t.Errorf("Authenticate(%q, %q) = %q, %v; want alice@example.org", tt.user, tt.pass, name, err)
+		}
+		if !tt.ok && !errors.Is(err, ErrInvalid) {
+			t.Errorf("Authenticate(%q, %q) = %q, %v; want ErrInvalid", tt.user, tt.pass, name, err)
+		}
+	}
+	// Only hashes are stored.
+	var h string
+	s.db.QueryRow(`SELECT hash FROM user`).Scan(&h)
+	if !strings.HasPrefix(h, "$argon2id$v=19$m=64,t=1,p=1$") || strings.Contains(h, "correct horse") {
+		t.Errorf("stored hash %q", h)
+	}
+}
+
+func TestMaySend(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	if err := s.Add(ctx, "alice@example.org", "correct horse", []string{"Alias@Example.org", "@shop.example"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Add(ctx, "app1", "machine password", []string{"noreply@example.org"}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		user, addr string
+		want       bool
+	}{
+		{"alice@example.org", "alice@example.org", true},
+		{"alice@example.org", "ALICE@EXAMPLE.ORG", true},
+		{"alice@example.org", "alias@example.org", true},
+		{"alice@example.org", "anyone@shop.example", true},
+		{"alice@example.org", "anyone@sub.shop.example", false},
+		{"alice@example.org", "bob@example.org", false},
+		{"alice@example.org", "noreply@example.org", false},
+		{"app1", "noreply@example.org", true},
+		{"app1", "app1@example.org", false},
+		{"nobody", "alice@example.org", false},
+	}
+	for _, tt := range tests {
+		got, err := s.MaySend(ctx, tt.user, addr(t, tt.addr))
+		if err != nil || got != tt.want {
+			t.Errorf("MaySend(%q, %q) = %v, %v; want %v", tt.user, tt.addr, got, err, tt.want)
+		}
+	}
+	if err := s.RemoveSenders(ctx, "alice@example.org", []string{"@shop.example"}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.MaySend(ctx, "alice@example.org", addr(t, "x@shop.example")); ok {
+		t.Error("domain still allowed after RemoveSenders")
+	}
+}
+
+func TestPasswdDeleteList(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	s.Add(ctx, "b@example.org", "password one", nil)
+	s.Add(ctx, "a@example.org", "password two", []string{"@example.org"})
+	if err := s.SetPassword(ctx, "b@example.org", "password three"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Authenticate(ctx, "b@example.org", "password one"); !errors.Is(err, ErrInvalid) {
+		t.Errorf("old password still works: %v", err)
+	}
+	if _, err := s.Authenticate(ctx, "b@example.org", "password three"); err != nil {
+		t.Errorf("new password: %v", err)
+	}
+	if err := s.SetPassword(ctx, "nobody", "password four"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("SetPassword(nobody) = %v", err)
+	}
+	us, err := s.List(ctx)
+	if err != nil || len(us) != 2 || us[0].Name != "a@example.org" || strings.Join(us[0].Senders, ",") != "@example.org,a@example.org" {
+		t.Fatalf("List = %+v, %v", us, err)
+	}
+	if err := s.Delete(ctx, "a@example.org"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, "a@example.org"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second Delete = %v", err)
+	}
+	if ok, _ := s.MaySend(ctx, "a@example.org", addr(t, "a@example.org")); ok {
+		t.Error("deleted user's senders remain")
+	}
+	for _, bad := range []string{"short", "line\nbreak password"} {
+		if err := s.SetPassword(ctx, "b@example.org", bad); err == nil {
+			t.Errorf("password %q accepted", bad)
+		}
+	}
+}
+
+func TestVerifyRejectsMalformed(t *testing.T) {
+	for _, phc := range []string{"", "$argon2i$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$a2V5a2V5a2V5a2V5a2V5", "$argon2id$v=19$m=99999999,t=1,p=1$c2FsdA$a2V5a2V5a2V5a2V5a2V5a2V5", "$argon2id$v=19$m=64,t=1,p=1$!!$!!"} {
+		if verify(phc, "x") {
+			t.Errorf("verify(%q) = true", phc)
+		}
+	}
+	h, _ := hash("pw", cheap)
+	if !verify(h, "pw") || verify(h, "pW") {
+		t.Error("round trip")
+	}
+}
+
+func TestGeneratePassword(t *testing.T) {
+	a, b := GeneratePassword(), GeneratePassword()
+	if len(a) != 20 || a == b || checkPassword(a) != nil {
+		t.Errorf("GeneratePassword = %q, %q", a, b)
+	}
+}
