@@ -13,7 +13,8 @@
 set -euo pipefail
 
 # libnet-ssleay-perl: swaks needs it for --tls (it is only a Recommends).
-PKGS=(postfix swaks libnet-ssleay-perl dovecot-core dovecot-lmtpd msmtp python3 ca-certificates openssl)
+# python3-dkim: the independent DKIM verifier for the signing tests.
+PKGS=(postfix swaks libnet-ssleay-perl dovecot-core dovecot-lmtpd msmtp python3 python3-dkim ca-certificates openssl)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
