@@ -23,8 +23,10 @@ import (
 
 type sgMessage string
 
-func (m sgMessage) Size() int64                  { return int64(len(m)) }
-func (m sgMessage) Open() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(string(m))), nil }
+func (m sgMessage) Size() int64 { return int64(len(m)) }
+func (m sgMessage) Open() (io.ReadCloser, error) {
+	return io.NopCloser(strings.NewReader(string(m))), nil
+}
 
 var (
 	sgKeysOnce sync.Once
