@@ -5,6 +5,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,6 +26,7 @@ import (
 	"github.com/postamt/postamt/internal/transport/lmtp"
 	"github.com/postamt/postamt/internal/transport/maildir"
 	"github.com/postamt/postamt/internal/transport/remote"
+	"github.com/postamt/postamt/internal/users"
 )
 
 // App is a running server.
@@ -32,8 +34,12 @@ type App struct {
 	Config  *config.Config
 	Queue   *queue.Queue
 	SMTP    *smtpserver.Server
-	log     *slog.Logger
-	addrs   []net.Addr
+	// Submission serves the submission listeners (nil when none is configured).
+	Submission *smtpserver.Server
+	log        *slog.Logger
+	addrs      []net.Addr
+	subAddrs   []net.Addr
+	users      *users.Store
 	metrics *observe.MetricsServer
 	errc    chan error
 }
@@ -71,7 +77,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		return nil, err
 	}
 	bouncer.Intake = q // the DSN goes back in through the same queue
-	tlsConf, err := certs.ServerConfig(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.Path("tls"), cfg.Hostname)
+	tlsConf, err := certs.ServerConfigReload(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.Path("tls"), cfg.Hostname, cfg.TLS.ReloadInterval.D(), log)
 	if err != nil {
 		q.Close(context.Background())
 		return nil, err
@@ -91,25 +97,69 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		IDs:           observe.NewIDGen(nil),
 		CommitLatency: hist.Commit,
 	})
-	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, errc: make(chan error, len(l.Listen))}
-	var lns []net.Listener
-	for _, addr := range l.Listen {
+	sub := cfg.Submission
+	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, errc: make(chan error, len(l.Listen)+len(sub.Listen)+len(sub.ListenTLS))}
+	if len(sub.Listen)+len(sub.ListenTLS) > 0 {
+		a.users, a.Submission, err = startSubmission(cfg, log, rt, q, tlsConf, hist)
+		if err != nil {
+			q.Close(context.Background())
+			return nil, err
+		}
+	}
+	type listener struct {
+		ln      net.Listener
+		srv     *smtpserver.Server
+		service string
+	}
+	var lns []listener
+	fail := func(err error) (*App, error) {
+		for _, x := range lns {
+			x.ln.Close()
+		}
+		if a.users != nil {
+			a.users.Close()
+		}
+		q.Close(context.Background())
+		return nil, err
+	}
+	listen := func(option, addr string, s *smtpserver.Server, service string, implicitTLS bool) error {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
-			for _, x := range lns {
-				x.Close()
-			}
-			q.Close(context.Background())
-			return nil, fmt.Errorf("smtp.listen %s: %w", addr, err)
+			return fmt.Errorf("%s %s: %w", option, addr, err)
 		}
-		lns = append(lns, ln)
-		a.addrs = append(a.addrs, ln.Addr())
+		if service == "smtp" {
+			a.addrs = append(a.addrs, ln.Addr())
+		} else {
+			a.subAddrs = append(a.subAddrs, ln.Addr())
+		}
+		if implicitTLS {
+			// RFC 8314 §3.3: the session starts with the TLS handshake; the server finishes
+			// it before its greeting.
+			ln = tls.NewListener(ln, tlsConf)
+		}
+		lns = append(lns, listener{ln, s, service})
+		return nil
+	}
+	for _, addr := range l.Listen {
+		if err := listen("smtp.listen", addr, srv, "smtp", false); err != nil {
+			return fail(err)
+		}
+	}
+	for _, addr := range sub.Listen {
+		if err := listen("submission.listen", addr, a.Submission, "submission", false); err != nil {
+			return fail(err)
+		}
+	}
+	for _, addr := range sub.ListenTLS {
+		if err := listen("submission.listen_tls", addr, a.Submission, "submissions", true); err != nil {
+			return fail(err)
+		}
 	}
 	q.Start()
-	for _, ln := range lns {
-		log.Info("listening", "addr", ln.Addr().String(), "service", "smtp")
+	for _, x := range lns {
+		log.Info("listening", "addr", x.ln.Addr().String(), "service", x.service)
 		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, smtpserver.ErrServerClosed) {
+			if err := x.srv.Serve(x.ln); err != nil && !errors.Is(err, smtpserver.ErrServerClosed) {
 				a.errc <- err
 			}
 		}()
@@ -134,6 +184,10 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 // Addrs are the addresses the SMTP listeners are bound to (useful with port 0).
 func (a *App) Addrs() []net.Addr { return a.addrs }
 
+// SubmissionAddrs are the submission listeners' addresses: submission.listen first, then
+// submission.listen_tls.
+func (a *App) SubmissionAddrs() []net.Addr { return a.subAddrs }
+
 // Err reports a listener that failed after start.
 func (a *App) Err() <-chan error { return a.errc }
 
@@ -143,6 +197,14 @@ func (a *App) Shutdown(ctx context.Context) error {
 		a.metrics.Close(ctx)
 	}
 	err := a.SMTP.Shutdown(ctx)
+	if a.Submission != nil {
+		if serr := a.Submission.Shutdown(ctx); err == nil {
+			err = serr
+		}
+	}
+	if a.users != nil {
+		a.users.Close()
+	}
 	qctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if qerr := a.Queue.Close(qctx); err == nil {

@@ -21,6 +21,9 @@ type Config struct {
 	Local    Local     `toml:"local"`
 	Outbound Outbound  `toml:"outbound"`
 	Metrics  Metrics   `toml:"metrics"`
+	// Submission and DKIM: mail from the server's own users and applications.
+	Submission Submission `toml:"submission"`
+	DKIM       DKIM       `toml:"dkim"`
 	file     string    // where the settings came from, for messages
 	pos      positions // option → line, for semantic errors
 }
@@ -46,6 +49,48 @@ type SMTP struct {
 type TLS struct {
 	CertFile string `toml:"cert_file"`
 	KeyFile  string `toml:"key_file"`
+	// ReloadInterval is how often at most the certificate files are checked for a change (new
+	// files are used without a restart).
+	ReloadInterval Duration `toml:"reload_interval"`
+}
+
+// Submission is mail from the server's own users and applications: RFC 6409 (port 587,
+// STARTTLS) and RFC 8314 (port 465, implicit TLS). Both require AUTH. Off until a listener is
+// configured.
+type Submission struct {
+	Listen    []string `toml:"listen"`     // STARTTLS listeners, 587-style
+	ListenTLS []string `toml:"listen_tls"` // implicit-TLS listeners, 465-style
+	// RequireTLS offers AUTH only under TLS (530 5.7.0 before STARTTLS). Turn it off only for a
+	// listener on loopback.
+	RequireTLS bool `toml:"require_tls"`
+	// HideClientIP leaves the client's address and HELO name out of the Received header of
+	// submitted mail.
+	HideClientIP bool `toml:"hide_client_ip"`
+	// UsersDB is the account database (relative to data_dir).
+	UsersDB string `toml:"users_db"`
+	// Per-user sending limits; 0 disables one.
+	MaxMessagesPerHour      int `toml:"max_messages_per_hour"`
+	MaxRecipientsPerMessage int `toml:"max_recipients_per_message"`
+	// Failed AUTH: the first failure waits AuthFailureDelay, each further one twice as long (up
+	// to 8 s); AuthFailuresPerIP or AuthFailuresPerUser failures within AuthLockout lock the
+	// address or the account out for AuthLockout (421 4.7.0).
+	AuthFailureDelay    Duration `toml:"auth_failure_delay"`
+	AuthFailuresPerIP   int      `toml:"auth_failures_per_ip"`
+	AuthFailuresPerUser int      `toml:"auth_failures_per_user"`
+	AuthLockout         Duration `toml:"auth_lockout"`
+}
+
+// DKIM signs submitted mail. Keys live in KeyDir/<domain>/<selector>.key, where
+// `postamt dkim keygen` writes them.
+type DKIM struct {
+	KeyDir  string                `toml:"key_dir"` // relative to data_dir
+	Domains map[string]DKIMDomain `toml:"domains"`
+}
+
+// DKIMDomain lists a signing domain's selectors; each makes one signature (an RSA and an
+// Ed25519 selector give dual signing).
+type DKIMDomain struct {
+	Selectors []string `toml:"selectors"`
 }
 
 type Queue struct {
@@ -123,6 +168,14 @@ func Default() *Config {
 		},
 		Outbound: Outbound{Port: 25, DestinationLimit: 20},
 		Metrics:  Metrics{Listen: ""},
+		TLS:      TLS{ReloadInterval: Duration(5 * time.Second)},
+		Submission: Submission{
+			RequireTLS: true, HideClientIP: true, UsersDB: "users.db",
+			MaxMessagesPerHour: 500, MaxRecipientsPerMessage: 100,
+			AuthFailureDelay: Duration(500 * time.Millisecond), AuthFailuresPerIP: 10, AuthFailuresPerUser: 5,
+			AuthLockout: Duration(15 * time.Minute),
+		},
+		DKIM: DKIM{KeyDir: "dkim"},
 	}
 }
 
