@@ -31,17 +31,17 @@ import (
 
 // App is a running server.
 type App struct {
-	Config  *config.Config
-	Queue   *queue.Queue
-	SMTP    *smtpserver.Server
+	Config *config.Config
+	Queue  *queue.Queue
+	SMTP   *smtpserver.Server
 	// Submission serves the submission listeners (nil when none is configured).
 	Submission *smtpserver.Server
 	log        *slog.Logger
 	addrs      []net.Addr
 	subAddrs   []net.Addr
 	users      *users.Store
-	metrics *observe.MetricsServer
-	errc    chan error
+	metrics    *observe.MetricsServer
+	errc       chan error
 }
 
 // Start opens the queue, starts delivery and begins listening. On error nothing is left running.

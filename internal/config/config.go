@@ -12,20 +12,20 @@ import (
 
 // Config is the whole configuration. Components receive only their own section.
 type Config struct {
-	Hostname string    `toml:"hostname"`
-	DataDir  string    `toml:"data_dir"`
-	Log      Log       `toml:"log"`
-	SMTP     SMTP      `toml:"smtp"`
-	TLS      TLS       `toml:"tls"`
-	Queue    Queue     `toml:"queue"`
-	Local    Local     `toml:"local"`
-	Outbound Outbound  `toml:"outbound"`
-	Metrics  Metrics   `toml:"metrics"`
+	Hostname string   `toml:"hostname"`
+	DataDir  string   `toml:"data_dir"`
+	Log      Log      `toml:"log"`
+	SMTP     SMTP     `toml:"smtp"`
+	TLS      TLS      `toml:"tls"`
+	Queue    Queue    `toml:"queue"`
+	Local    Local    `toml:"local"`
+	Outbound Outbound `toml:"outbound"`
+	Metrics  Metrics  `toml:"metrics"`
 	// Submission and DKIM: mail from the server's own users and applications.
 	Submission Submission `toml:"submission"`
 	DKIM       DKIM       `toml:"dkim"`
-	file     string    // where the settings came from, for messages
-	pos      positions // option → line, for semantic errors
+	file       string     // where the settings came from, for messages
+	pos        positions  // option → line, for semantic errors
 }
 
 type Log struct {
