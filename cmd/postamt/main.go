@@ -36,7 +36,7 @@ func rootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(serveCmd(), configCmd(), checkCmd(), queueCmd())
+	root.AddCommand(serveCmd(), configCmd(), checkCmd(), queueCmd(), userCmd(), dkimCmd())
 	return root
 }
 

@@ -82,11 +82,22 @@ func answer(z *Zone, m *mdns.Msg, q mdns.Question) {
 		known = true
 		if q.Qtype == mdns.TypeTXT {
 			for _, s := range txts {
-				m.Answer = append(m.Answer, &mdns.TXT{Hdr: hdr(mdns.TypeTXT), Txt: []string{s}})
+				m.Answer = append(m.Answer, &mdns.TXT{Hdr: hdr(mdns.TypeTXT), Txt: splitTXT(s)})
 			}
 		}
 	}
 	if !known {
 		m.Rcode = mdns.RcodeNameError
 	}
+}
+
+// splitTXT cuts a record into the 255-byte strings a TXT RR is made of (a record that long, such
+// as an RSA-2048 DKIM key, cannot be packed as one string); resolvers join them again.
+func splitTXT(s string) []string {
+	var parts []string
+	for len(s) > 255 {
+		parts = append(parts, s[:255])
+		s = s[255:]
+	}
+	return append(parts, s)
 }
