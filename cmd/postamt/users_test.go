@@ -75,14 +75,14 @@ func TestUserCommands(t *testing.T) {
 
 func TestDKIMKeygenAndCheck(t *testing.T) {
 	dir := t.TempDir()
-	zone := &dnstest.Zone{TXT: map[string][]string{}}
-	dnsAddr := dnstest.Server(t, zone)
 	cfg := filepath.Join(dir, "c.toml")
-	write := func(sels string) {
+	// Each phase gets its own DNS server: a Zone must not change while a server reads it.
+	serve := func(txt map[string][]string) {
+		dnsAddr := dnstest.Server(t, &dnstest.Zone{TXT: txt})
 		os.WriteFile(cfg, []byte("data_dir = \""+dir+"\"\n[outbound]\ndns_servers = [\""+dnsAddr+"\"]\n"+
-			"[dkim.domains.\"example.test\"]\nselectors = ["+sels+"]\n"), 0o644)
+			"[dkim.domains.\"example.test\"]\nselectors = [\"ed1\", \"rsa1\"]\n"), 0o644)
 	}
-	write(`"ed1", "rsa1"`)
+	serve(map[string][]string{})
 	records := map[string]string{}
 	for _, k := range [][2]string{{"ed1", "ed25519"}, {"rsa1", "rsa"}} {
 		out, err := runIn(t, "", "dkim", "keygen", "-c", cfg, "example.test", "--selector", k[0], "--algo", k[1])
@@ -111,14 +111,19 @@ func TestDKIMKeygenAndCheck(t *testing.T) {
 	if err == nil || !strings.Contains(out, "ed1._domainkey.example.test: FAIL: no TXT record published") {
 		t.Fatalf("check before publishing: %v\n%s", err, out)
 	}
-	zone.TXT["ed1._domainkey.example.test"] = []string{records["ed1"]}
-	zone.TXT["rsa1._domainkey.example.test"] = []string{records["rsa1"]}
+	serve(map[string][]string{
+		"ed1._domainkey.example.test":  {records["ed1"]},
+		"rsa1._domainkey.example.test": {records["rsa1"]},
+	})
 	out, err = runIn(t, "", "dkim", "check", "-c", cfg, "example.test")
 	if err != nil || strings.Count(out, ": OK") != 2 {
 		t.Fatalf("check after publishing: %v\n%s", err, out)
 	}
 	// The record of another key is found out.
-	zone.TXT["rsa1._domainkey.example.test"] = []string{records["ed1"]}
+	serve(map[string][]string{
+		"ed1._domainkey.example.test":  {records["ed1"]},
+		"rsa1._domainkey.example.test": {records["ed1"]},
+	})
 	out, err = runIn(t, "", "dkim", "check", "-c", cfg, "example.test")
 	if err == nil || !strings.Contains(out, "rsa1._domainkey.example.test: FAIL: k=ed25519 but the key is rsa") {
 		t.Fatalf("check with a wrong record: %v\n%s", err, out)
