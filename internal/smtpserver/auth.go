@@ -117,7 +117,9 @@ func (s *session) authChallenge(challenge string) (string, bool) {
 		s.quit, s.end = true, "write error"
 		return "", false
 	}
+	s.inAuth = true
 	line, err := s.readLine()
+	s.inAuth = false
 	switch {
 	case err == nil:
 	case errors.Is(err, errLineTooLong) || errors.Is(err, errBareLF) || errors.Is(err, errBadChar):

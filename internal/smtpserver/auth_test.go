@@ -178,3 +178,35 @@ func TestNoAuthOnMX(t *testing.T) {
 	c.cmd("MAIL FROM:<x@remote.test>", 250, "2.1.0")
 	c.cmd("RCPT TO:<someone@remote.test>", 554, "5.7.1")
 }
+
+// longAuth accepts any password of 2000 characters.
+type longAuth struct{}
+
+func (longAuth) Authenticate(_ context.Context, _ netip.Addr, user, pass string) (string, error) {
+	if len(pass) == 2000 {
+		return user, nil
+	}
+	return "", smtp.NewReply(535, smtp.EnhancedCode{5, 7, 8}, "Authentication credentials invalid")
+}
+
+// RFC 4954 §4: AUTH lines up to 12288 octets, while ordinary commands keep their limit.
+func TestAuthLongLines(t *testing.T) {
+	e := newEnv(t, envOpts{auth: longAuth{}, requireAuth: true})
+	pass := strings.Repeat("p", 2000)
+	c := e.dial()
+	c.expect(220, "")
+	c.cmd("EHLO client.example", 250, "")
+	c.startTLS()
+	c.cmd("EHLO client.example", 250, "")
+	c.cmd("NOOP "+strings.Repeat("x", 1000), 500, "5.5.2")
+	c.cmd("AUTH LOGIN", 334, "")
+	c.cmd(b64("alice"), 334, "")
+	c.cmd(b64(pass), 235, "2.7.0")
+	c2 := e.dial()
+	c2.expect(220, "")
+	c2.cmd("EHLO client.example", 250, "")
+	c2.startTLS()
+	c2.cmd("EHLO client.example", 250, "")
+	c2.cmd("AUTH PLAIN "+plain("alice", pass), 235, "2.7.0")
+	c2.cmd("AUTH PLAIN "+strings.Repeat("A", 13000), 500, "5.5.2")
+}

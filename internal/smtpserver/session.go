@@ -41,8 +41,20 @@ type session struct {
 	quit     bool
 	end      string // why the session ended, for the log line
 
-	tx *txn
-	pc *policy.Conn // what checks see of this session
+	tx     *txn
+	pc     *policy.Conn // what checks see of this session
+	inAuth bool         // reading SASL responses, which may be longer than commands
+}
+
+// authLineMax is RFC 4954 §4's limit for AUTH command and response lines, CRLF included.
+const authLineMax = 12288
+
+func readerSize(o *Options) int {
+	n := max(1024, o.Limits.MaxLineLength+2)
+	if o.Auth != nil {
+		n = max(n, authLineMax+2)
+	}
+	return n
 }
 
 // txn is the current mail transaction (MAIL FROM until the end of data or RSET).
@@ -63,7 +75,7 @@ func (s *Server) serveConn(c net.Conn, ip netip.Addr) {
 	defer s.release(c, ip)
 	sess := &session{
 		srv: s, conn: c, ip: ip, id: s.opts.IDs.New(), start: s.opts.Now(),
-		r:   bufio.NewReaderSize(c, max(1024, s.opts.Limits.MaxLineLength+2)),
+		r:   bufio.NewReaderSize(c, readerSize(&s.opts)),
 		w:   bufio.NewWriterSize(c, 1024),
 		ctx: context.Background(),
 	}
@@ -134,7 +146,12 @@ func (s *session) readLine() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(line) > s.srv.opts.Limits.MaxLineLength {
+	limit := s.srv.opts.Limits.MaxLineLength
+	if s.srv.opts.Auth != nil && (s.inAuth || len(line) >= 5 && strings.EqualFold(string(line[:5]), "AUTH ")) {
+		// RFC 4954 §4: AUTH lines may be up to 12288 octets (long passwords in base64).
+		limit = max(limit, authLineMax)
+	}
+	if len(line) > limit {
 		return nil, errLineTooLong
 	}
 	if len(line) < 2 || line[len(line)-2] != '\r' {
