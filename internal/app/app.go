@@ -40,6 +40,7 @@ type App struct {
 	addrs      []net.Addr
 	subAddrs   []net.Addr
 	users      *users.Store
+	acme       *certs.ACME
 	metrics    *observe.MetricsServer
 	errc       chan error
 }
@@ -82,6 +83,23 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		q.Close(context.Background())
 		return nil, err
 	}
+	var acme *certs.ACME
+	if cfg.TLS.ACME {
+		domains := cfg.TLS.ACMEDomains
+		if len(domains) == 0 {
+			domains = []string{cfg.Hostname}
+		}
+		// The self-signed (or file) certificate serves until the CA has issued one.
+		acme, err = certs.NewACME(context.Background(), certs.ACMEOptions{
+			CA: cfg.TLS.ACMECA, Email: cfg.TLS.ACMEEmail, Domains: domains, Storage: cfg.Path("acme"),
+			HTTPListen: cfg.TLS.ACMEHTTPListen, CARoot: cfg.TLS.ACMECARoot, Fallback: tlsConf, Log: log,
+		})
+		if err != nil {
+			q.Close(context.Background())
+			return nil, fmt.Errorf("tls.acme: %w", err)
+		}
+		tlsConf = acme.TLSConfig()
+	}
 	l := cfg.SMTP
 	srv := smtpserver.New(smtpserver.Options{
 		Hostname: cfg.Hostname,
@@ -98,10 +116,13 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		CommitLatency: hist.Commit,
 	})
 	sub := cfg.Submission
-	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, errc: make(chan error, len(l.Listen)+len(sub.Listen)+len(sub.ListenTLS))}
+	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, acme: acme, errc: make(chan error, len(l.Listen)+len(sub.Listen)+len(sub.ListenTLS))}
 	if len(sub.Listen)+len(sub.ListenTLS) > 0 {
 		a.users, a.Submission, err = startSubmission(cfg, log, rt, q, tlsConf, hist)
 		if err != nil {
+			if acme != nil {
+				acme.Stop()
+			}
 			q.Close(context.Background())
 			return nil, err
 		}
@@ -118,6 +139,9 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		}
 		if a.users != nil {
 			a.users.Close()
+		}
+		if acme != nil {
+			acme.Stop()
 		}
 		q.Close(context.Background())
 		return nil, err
@@ -204,6 +228,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 	}
 	if a.users != nil {
 		a.users.Close()
+	}
+	if a.acme != nil {
+		a.acme.Stop()
 	}
 	qctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -1,5 +1,7 @@
 // Package certs loads the TLS certificate, or makes and keeps a self-signed one so that STARTTLS
-// works out of the box (opportunistic TLS between MTAs does not verify certificates, RFC 7435).
+// works out of the box (opportunistic TLS between MTAs does not verify certificates, RFC 7435),
+// or obtains one from an ACME CA (acme.go). Certificates from files are reloaded when the files
+// change.
 package certs
 
 import (
@@ -46,12 +48,15 @@ func ServerConfigReload(certFile, keyFile, dir, hostname string, every time.Dura
 	return &tls.Config{
 		GetCertificate: r.GetCertificate,
 		MinVersion:     tls.VersionTLS12,
-		CipherSuites: []uint16{
-			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-		},
+		CipherSuites:   modernSuites,
 	}, nil
+}
+
+// modernSuites are the TLS 1.2 suites offered: ECDHE key exchange with AEAD ciphers only.
+var modernSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 }
 
 // Reloader serves a certificate from files and picks up new files without a restart: on a

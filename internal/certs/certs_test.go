@@ -90,3 +90,35 @@ func TestServerConfigTLS12Minimum(t *testing.T) {
 		}
 	}
 }
+
+// Until the CA has issued a certificate (here: it cannot be reached), handshakes get the
+// fallback one instead of failing.
+func TestACMEFallsBack(t *testing.T) {
+	dir := t.TempDir()
+	fb, err := ServerConfig("", "", filepath.Join(dir, "tls"), "mail.example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := NewACME(t.Context(), ACMEOptions{CA: "https://127.0.0.1:1/dir", Domains: []string{"mail.example.test"},
+		Storage: filepath.Join(dir, "acme"), HTTPListen: "127.0.0.1:0", Fallback: fb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Stop()
+	for _, sni := range []string{"mail.example.test", ""} {
+		conn, other := net.Pipe()
+		c, err := a.TLSConfig().GetCertificate(&tls.ClientHelloInfo{ServerName: sni, Conn: conn})
+		conn.Close()
+		other.Close()
+		if err != nil || leafName(t, c) != "mail.example.test" {
+			t.Fatalf("SNI %q: %v", sni, err)
+		}
+		x, _ := x509.ParseCertificate(c.Certificate[0])
+		if x.Subject.Organization[0] != "Postamt self-signed" {
+			t.Errorf("not the fallback: %v", x.Subject)
+		}
+	}
+	if v := a.TLSConfig().MinVersion; v != tls.VersionTLS12 {
+		t.Errorf("MinVersion %x", v)
+	}
+}

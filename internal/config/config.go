@@ -52,6 +52,14 @@ type TLS struct {
 	// ReloadInterval is how often at most the certificate files are checked for a change (new
 	// files are used without a restart).
 	ReloadInterval Duration `toml:"reload_interval"`
+	// ACME obtains and renews the certificate from an ACME CA (Let's Encrypt by default)
+	// instead of cert_file/key_file, answering the HTTP-01 challenge on ACMEHTTPListen.
+	ACME           bool     `toml:"acme"`
+	ACMEEmail      string   `toml:"acme_email"`
+	ACMECA         string   `toml:"acme_ca"`
+	ACMEDomains    []string `toml:"acme_domains"` // default: [hostname]
+	ACMEHTTPListen string   `toml:"acme_http_listen"`
+	ACMECARoot     string   `toml:"acme_ca_root"` // PEM roots for a private CA's HTTPS
 }
 
 // Submission is mail from the server's own users and applications: RFC 6409 (port 587,
@@ -168,7 +176,8 @@ func Default() *Config {
 		},
 		Outbound: Outbound{Port: 25, DestinationLimit: 20},
 		Metrics:  Metrics{Listen: ""},
-		TLS:      TLS{ReloadInterval: Duration(5 * time.Second)},
+		TLS: TLS{ReloadInterval: Duration(5 * time.Second),
+			ACMECA: "https://acme-v02.api.letsencrypt.org/directory", ACMEHTTPListen: ":80"},
 		Submission: Submission{
 			RequireTLS: true, HideClientIP: true, UsersDB: "users.db",
 			MaxMessagesPerHour: 500, MaxRecipientsPerMessage: 100,

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -245,6 +246,26 @@ func (c *Config) validateSubmission(v *validator) {
 	}
 	if c.TLS.ReloadInterval < 0 {
 		v.addf("tls.reload_interval", "must not be negative")
+	}
+	t := c.TLS
+	if t.ACME {
+		if t.CertFile != "" {
+			v.addf("tls.acme", "cannot be combined with cert_file/key_file: choose one source of certificates")
+		}
+		if u, err := url.Parse(t.ACMECA); err != nil || u.Scheme != "https" || u.Host == "" {
+			v.addf("tls.acme_ca", "%q must be the https:// URL of the CA's ACME directory", t.ACMECA)
+		}
+		v.hostPort("tls.acme_http_listen", t.ACMEHTTPListen)
+		for _, d := range t.ACMEDomains {
+			if a, err := smtp.ParseAddress("x@"+d, false); err != nil || strings.HasPrefix(d, "[") || !strings.Contains(d, ".") || a.ASCIIDomain() != strings.ToLower(d) {
+				v.addf("tls.acme_domains", "%q is not a valid (ASCII) host name", d)
+			}
+		}
+		if t.ACMECARoot != "" {
+			if _, err := os.Stat(t.ACMECARoot); err != nil {
+				v.addf("tls.acme_ca_root", "cannot read %s: %v", t.ACMECARoot, err)
+			}
+		}
 	}
 }
 
