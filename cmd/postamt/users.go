@@ -159,7 +159,64 @@ and printed once.`,
 			return nil
 		},
 	}
-	cmd.AddCommand(add, del, passwd, senderCmd, list)
+	cmd.AddCommand(add, del, passwd, senderCmd, list, tokenCmd(open))
+	return cmd
+}
+
+// tokenCmd manages application passwords: one per device or program, usable wherever the
+// account's password is (AUTH PLAIN/LOGIN), revocable one by one.
+func tokenCmd(open func() (*users.Store, error)) *cobra.Command {
+	cmd := &cobra.Command{Use: "token", Short: "Application passwords for mail programs and machines (add, del, list)"}
+	add := &cobra.Command{
+		Use: "add NAME LABEL", Short: "Create an application password for NAME and print it (once)", Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := open()
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			tok, err := s.AddToken(cmd.Context(), args[0], args[1])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "token %s for %s: %s\n", args[1], users.Normalize(args[0]), tok)
+			return nil
+		},
+	}
+	del := &cobra.Command{
+		Use: "del NAME LABEL", Short: "Revoke an application password", Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := open()
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			if err := s.DeleteToken(cmd.Context(), args[0], args[1]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "token %s of %s revoked\n", args[1], users.Normalize(args[0]))
+			return nil
+		},
+	}
+	list := &cobra.Command{
+		Use: "list NAME", Short: "List a user's application passwords (labels only)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := open()
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			ts, err := s.Tokens(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			for _, t := range ts {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\n", t.Label, t.Created.UTC().Format(time.DateTime))
+			}
+			return nil
+		},
+	}
+	cmd.AddCommand(add, del, list)
 	return cmd
 }
 

@@ -62,6 +62,23 @@ func TestUserCommands(t *testing.T) {
 	if _, err := s.Authenticate(ctx, "app1", m[1]); err != nil {
 		t.Errorf("generated password: %v", err)
 	}
+	out, err = runIn(t, "", "user", "token", "add", "-c", cfg, "app1", "server1")
+	tm := regexp.MustCompile(`^token server1 for app1: (pat_\S+)\n$`).FindStringSubmatch(out)
+	if err != nil || tm == nil {
+		t.Fatalf("token add: %v %q", err, out)
+	}
+	if _, err := s.Authenticate(ctx, "app1", tm[1]); err != nil {
+		t.Errorf("token: %v", err)
+	}
+	if out, err := runIn(t, "", "user", "token", "list", "-c", cfg, "app1"); err != nil || !strings.HasPrefix(out, "server1\t") || strings.Contains(out, "pat_") {
+		t.Errorf("token list: %v %q", err, out)
+	}
+	if _, err := runIn(t, "", "user", "token", "del", "-c", cfg, "app1", "server1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Authenticate(ctx, "app1", tm[1]); err == nil {
+		t.Error("revoked token works")
+	}
 	if out, err := runIn(t, "", "user", "del", "-c", cfg, "alice@example.test"); err != nil || !strings.Contains(out, "deleted") {
 		t.Fatalf("del: %v %s", err, out)
 	}

@@ -3,15 +3,19 @@
 // directory (WAL mode), so `postamt user ...` can change it while the server runs: the server
 // reads the database on every AUTH and MAIL, it caches nothing.
 //
-// Passwords are never logged and never stored; only PHC-format argon2id hashes are.
+// Passwords are never logged and never stored; only PHC-format argon2id hashes are. Application
+// passwords (tokens, "pat_..."), several per account and revocable one by one, authenticate as
+// the account; they are random, so a SHA-256 of them is stored.
 package users
 
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"database/sql"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/url"
@@ -52,6 +56,15 @@ CREATE TABLE IF NOT EXISTS user (
 	name    TEXT PRIMARY KEY, -- the login, lower case
 	hash    TEXT NOT NULL,    -- PHC string: $argon2id$v=19$m=...,t=...,p=...$salt$hash
 	created INTEGER NOT NULL  -- unix seconds
+) WITHOUT ROWID;
+-- Application passwords: random tokens for machines and mail programs, revocable one by one
+-- without changing the account's password. 128 random bits need no slow hash: SHA-256 (hex).
+CREATE TABLE IF NOT EXISTS token (
+	name    TEXT NOT NULL,
+	label   TEXT NOT NULL,
+	hash    TEXT NOT NULL,
+	created INTEGER NOT NULL,
+	PRIMARY KEY (name, label)
 ) WITHOUT ROWID;
 -- What the user may send as: a full address, or "@domain" for every address in a domain.
 CREATE TABLE IF NOT EXISTS sender (
@@ -228,8 +241,10 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM sender WHERE name = ?`, name); err != nil {
-		return err
+	for _, table := range []string{"sender", "token"} {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE name = ?`, name); err != nil {
+			return err
+		}
 	}
 	return tx.Commit()
 }
@@ -328,10 +343,102 @@ func (s *Store) Authenticate(ctx context.Context, name, password string) (string
 	case err != nil:
 		return "", err
 	}
-	if !verify(h, password) {
-		return "", ErrInvalid
+	if s.tokenMatches(ctx, name, password) || verify(h, password) {
+		return name, nil
 	}
-	return name, nil
+	return "", ErrInvalid
+}
+
+func tokenHash(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+func (s *Store) tokenMatches(ctx context.Context, name, password string) bool {
+	if !strings.HasPrefix(password, tokenPrefix) {
+		return false
+	}
+	var n int
+	s.db.QueryRowContext(ctx, `SELECT count(*) FROM token WHERE name = ? AND hash = ?`, name, tokenHash(password)).Scan(&n)
+	return n > 0
+}
+
+// tokenPrefix marks application passwords, so that an ordinary password costs no token lookup
+// and a leaked token is recognisable (secret scanners match such prefixes).
+const tokenPrefix = "pat_"
+
+// Token is an application password as listed (the secret itself is shown only once).
+type Token struct {
+	Label   string
+	Created time.Time
+}
+
+// AddToken creates an application password for a user and returns it; only its hash is kept.
+func (s *Store) AddToken(ctx context.Context, name, label string) (string, error) {
+	name = Normalize(name)
+	if label == "" || len(label) > 64 || strings.ContainsAny(label, " \t\r\n") {
+		return "", errors.New("a token label must be 1 to 64 characters without spaces")
+	}
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	token := tokenPrefix + base64.RawURLEncoding.EncodeToString(b)
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return "", err
+	}
+	defer tx.Rollback()
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM user WHERE name = ?`, name).Scan(&n); err != nil {
+		return "", err
+	}
+	if n == 0 {
+		return "", fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM token WHERE name = ? AND label = ?`, name, label).Scan(&n); err != nil {
+		return "", err
+	}
+	if n > 0 {
+		return "", fmt.Errorf("user %s already has a token labelled %q", name, label)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO token (name, label, hash, created) VALUES (?, ?, ?, ?)`,
+		name, label, tokenHash(token), time.Now().Unix()); err != nil {
+		return "", err
+	}
+	return token, tx.Commit()
+}
+
+// DeleteToken revokes one application password.
+func (s *Store) DeleteToken(ctx context.Context, name, label string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM token WHERE name = ? AND label = ?`, Normalize(name), label)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("%w: no token %q for %s", ErrNotFound, label, Normalize(name))
+	}
+	return nil
+}
+
+// Tokens lists a user's application passwords.
+func (s *Store) Tokens(ctx context.Context, name string) ([]Token, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT label, created FROM token WHERE name = ? ORDER BY label`, Normalize(name))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Token
+	for rows.Next() {
+		var t Token
+		var created int64
+		if err := rows.Scan(&t.Label, &created); err != nil {
+			return nil, err
+		}
+		t.Created = time.Unix(created, 0)
+		out = append(out, t)
+	}
+	return out, rows.Err()
 }
 
 // MaySend reports whether user may use addr (MAIL FROM or From:): an exact allowed address, or

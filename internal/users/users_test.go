@@ -159,3 +159,47 @@ func TestGeneratePassword(t *testing.T) {
 		t.Errorf("GeneratePassword = %q, %q", a, b)
 	}
 }
+
+func TestTokens(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	s.Add(ctx, "alice@example.org", "alice password", nil)
+	s.Add(ctx, "bob@example.org", "bob password", nil)
+	tok, err := s.AddToken(ctx, "alice@example.org", "phone")
+	if err != nil || !strings.HasPrefix(tok, "pat_") || len(tok) != 4+22 {
+		t.Fatalf("AddToken = %q, %v", tok, err)
+	}
+	if _, err := s.AddToken(ctx, "alice@example.org", "phone"); err == nil {
+		t.Error("duplicate label accepted")
+	}
+	if _, err := s.AddToken(ctx, "nobody", "x"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("token for a missing user: %v", err)
+	}
+	if u, err := s.Authenticate(ctx, "alice@example.org", tok); err != nil || u != "alice@example.org" {
+		t.Errorf("token login: %q %v", u, err)
+	}
+	if _, err := s.Authenticate(ctx, "alice@example.org", "alice password"); err != nil {
+		t.Errorf("the password stops working beside a token: %v", err)
+	}
+	if _, err := s.Authenticate(ctx, "bob@example.org", tok); !errors.Is(err, ErrInvalid) {
+		t.Errorf("alice's token logs bob in: %v", err)
+	}
+	var stored string
+	s.db.QueryRow(`SELECT hash FROM token`).Scan(&stored)
+	if strings.Contains(stored, tok) || len(stored) != 64 {
+		t.Errorf("stored %q", stored)
+	}
+	ts, _ := s.Tokens(ctx, "alice@example.org")
+	if len(ts) != 1 || ts[0].Label != "phone" {
+		t.Errorf("Tokens = %+v", ts)
+	}
+	if err := s.DeleteToken(ctx, "alice@example.org", "phone"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Authenticate(ctx, "alice@example.org", tok); !errors.Is(err, ErrInvalid) {
+		t.Errorf("revoked token still works: %v", err)
+	}
+	if err := s.DeleteToken(ctx, "alice@example.org", "phone"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second DeleteToken: %v", err)
+	}
+}

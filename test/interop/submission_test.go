@@ -192,6 +192,26 @@ func TestSubmissionSwaks(t *testing.T) {
 		})
 	}
 
+	t.Run("application-password", func(t *testing.T) {
+		// A token made with `postamt user token add` while the server runs logs in as bob.
+		res := runCmd(t, "", postamtBinary(t), "user", "token", "add", "-c", s.ConfigPath, bobAddr, "script")
+		m := regexp.MustCompile(`: (pat_\S+)`).FindStringSubmatch(res.Output)
+		if res.ExitCode != 0 || m == nil {
+			t.Fatalf("token add: exit %d", res.ExitCode)
+		}
+		marker := "swaks with an application password"
+		res = swaks(t, s.Host, s.PortTLS, "--tlsc", "--auth", "PLAIN", "--auth-user", bobAddr, "--auth-password", m[1],
+			"--from", bobAddr, "--to", "alice@example.test", "--header", "Subject: "+marker, "--header", "From: bob@example.test")
+		if !strings.Contains(res.Output, "235 2.7.0") || !strings.HasPrefix(swaksDataReply(res.Output), "250 2.0.0") {
+			t.Fatalf("swaks with the token: exit %d", res.ExitCode)
+		}
+		s.checkSubmitted(t, findMessage(t, s.MaildirNew("alice@example.test"), marker))
+		runCmd(t, "", postamtBinary(t), "user", "token", "del", "-c", s.ConfigPath, bobAddr, "script")
+		res = swaks(t, s.Host, s.PortTLS, "--tlsc", "--quit-after", "AUTH", "--auth", "PLAIN", "--auth-user", bobAddr, "--auth-password", m[1])
+		if !strings.Contains(res.Output, "535 5.7.8") {
+			t.Errorf("revoked token: want 535 5.7.8")
+		}
+	})
 	t.Run("wrong-password", func(t *testing.T) {
 		res := swaks(t, s.Host, s.Port, "--tls", "--auth", "PLAIN", "--auth-user", bobAddr, "--auth-password", "wrong", "--from", bobAddr, "--to", "alice@example.test")
 		if res.ExitCode == 0 || !strings.Contains(res.Output, "535 5.7.8") {
