@@ -210,3 +210,14 @@ func TestAuthLongLines(t *testing.T) {
 	c2.cmd("AUTH PLAIN "+plain("alice", pass), 235, "2.7.0")
 	c2.cmd("AUTH PLAIN "+strings.Repeat("A", 13000), 500, "5.5.2")
 }
+
+// With plaintext AUTH allowed (loopback set-ups), STARTTLS still forgets the authentication
+// (RFC 3207 §4.2: nothing learnt before TLS survives it).
+func TestStartTLSForgetsAuth(t *testing.T) {
+	e := newEnv(t, envOpts{auth: fakeAuth{}, requireAuth: true, allowPlainAuth: true})
+	c := e.dialReady()
+	c.cmd("AUTH PLAIN "+plain("alice", "secret"), 235, "2.7.0")
+	c.startTLS()
+	c.cmd("EHLO client.example", 250, "")
+	c.cmd("MAIL FROM:<alice@example.test>", 530, "5.7.0")
+}

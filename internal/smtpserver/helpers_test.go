@@ -58,9 +58,10 @@ type envOpts struct {
 	fs     spool.FS
 	policy *policy.Chain
 	// Submission: an authenticator, AUTH required for MAIL, and an implicit-TLS listener.
-	auth        smtpserver.Authenticator
-	requireAuth bool
-	implicitTLS bool
+	auth           smtpserver.Authenticator
+	requireAuth    bool
+	implicitTLS    bool
+	allowPlainAuth bool
 }
 
 func newEnv(t *testing.T, o envOpts) *testEnv {
@@ -92,7 +93,7 @@ func newEnv(t *testing.T, o envOpts) *testEnv {
 		o.limits.MaxMessageSize = 1 << 20
 	}
 	srv := smtpserver.New(smtpserver.Options{Hostname: "mx.example.test", Limits: o.limits, TLS: tlsConf,
-		Router: r, Intake: q, Logger: log, Policy: o.policy, Auth: o.auth, RequireAuth: o.requireAuth})
+		Router: r, Intake: q, Logger: log, Policy: o.policy, Auth: o.auth, RequireAuth: o.requireAuth, AllowPlaintextAuth: o.allowPlainAuth})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

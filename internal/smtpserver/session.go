@@ -369,7 +369,7 @@ func (s *session) cmdStartTLS(args string) {
 	// RFC 3207 §4.2: forget everything learnt before TLS; the client must EHLO again.
 	s.abortTx()
 	s.helo, s.esmtp = "", false
-	s.pc.Helo = ""
+	s.pc.Helo, s.pc.AuthUser = "", ""
 }
 
 // handshake runs the TLS handshake on tc (after STARTTLS, or first thing on an implicit-TLS
