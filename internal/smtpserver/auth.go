@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strings"
 
+	"github.com/postamt/postamt/internal/scram"
 	"github.com/postamt/postamt/internal/smtp"
 )
 
@@ -83,6 +84,13 @@ func (s *session) cmdAuth(args string) {
 			return
 		}
 		user, pass = string(u), string(p)
+	case scram.Mechanism:
+		if sa, ok := s.srv.opts.Auth.(ScramAuthenticator); ok {
+			s.authScram(sa, initial, hasInitial)
+			return
+		}
+		s.reply(smtp.NewReply(504, smtp.EnhancedCode{5, 5, 4}, "Unrecognized authentication type (use PLAIN or LOGIN)"))
+		return
 	case "":
 		s.reply(smtp.NewReply(501, smtp.EnhancedCode{5, 5, 4}, "Syntax: AUTH mechanism [initial-response]"))
 		return
@@ -91,13 +99,19 @@ func (s *session) cmdAuth(args string) {
 		return
 	}
 	name, err := s.srv.opts.Auth.Authenticate(s.ctx, s.ip, user, pass)
+	s.authResult(strings.ToUpper(mech), user, name, err)
+}
+
+// authResult answers the end of an AUTH exchange.
+func (s *session) authResult(mech, user, name string, err error) {
 	if err != nil {
 		var r *smtp.Reply
 		if !errors.As(err, &r) {
 			r = errAuthInvalid
 		}
 		// The attempted name is logged (sanitised) for fail2ban-style tooling; the password never is.
-		s.srv.log.Info("authentication failed", "session", s.id, "client", s.ip.String(), "user", sanitize(user, 64), "reply", r.Line())
+		s.srv.log.Info("authentication failed", "session", s.id, "client", s.ip.String(), "user", sanitize(user, 64),
+			"mechanism", mech, "reply", r.Line())
 		s.reply(r)
 		if r.Code == 421 {
 			s.quit, s.end = true, "authentication locked out"
@@ -105,8 +119,68 @@ func (s *session) cmdAuth(args string) {
 		return
 	}
 	s.pc.AuthUser = name
-	s.srv.log.Info("authenticated", "session", s.id, "client", s.ip.String(), "user", name, "mechanism", strings.ToUpper(mech))
+	s.srv.log.Info("authenticated", "session", s.id, "client", s.ip.String(), "user", name, "mechanism", mech)
 	s.reply(smtp.NewReply(235, smtp.EnhancedCode{2, 7, 0}, "Authentication successful"))
+}
+
+// authScram runs SCRAM-SHA-256: client-first, server-first, client-final, then the server's
+// signature as a last 334 challenge, which the client acknowledges with an empty line
+// (RFC 4954 §4: no data in the 235).
+func (s *session) authScram(sa ScramAuthenticator, initial string, hasInitial bool) {
+	malformed := func(err error) {
+		s.reply(smtp.NewReply(501, smtp.EnhancedCode{5, 5, 2}, "Malformed SCRAM message: "+strings.TrimPrefix(err.Error(), "scram: ")))
+	}
+	resp := initial
+	if !hasInitial {
+		var ok bool
+		if resp, ok = s.authChallenge(""); !ok {
+			return
+		}
+	}
+	first, err := decodeB64(resp)
+	if err != nil {
+		s.reply(errAuthBase64)
+		return
+	}
+	var srv scram.Server
+	user, err := srv.First(string(first))
+	if err != nil {
+		malformed(err)
+		return
+	}
+	creds, err := sa.ScramCredentials(s.ctx, s.ip, user)
+	if err != nil {
+		s.authResult(scram.Mechanism, user, "", err)
+		return
+	}
+	resp, ok := s.authChallenge(base64.StdEncoding.EncodeToString([]byte(srv.Challenge(creds))))
+	if !ok {
+		return
+	}
+	final, err := decodeB64(resp)
+	if err != nil {
+		s.reply(errAuthBase64)
+		return
+	}
+	verifier, err := srv.Final(string(final))
+	if errors.Is(err, scram.ErrProtocol) {
+		malformed(err)
+		return
+	}
+	if err != nil {
+		_, err = sa.ScramDone(s.ctx, s.ip, user, false)
+		s.authResult(scram.Mechanism, user, "", err)
+		return
+	}
+	if resp, ok = s.authChallenge(base64.StdEncoding.EncodeToString([]byte(verifier))); !ok {
+		return
+	}
+	if resp != "" {
+		s.reply(smtp.NewReply(501, smtp.EnhancedCode{5, 5, 2}, "Expected an empty response to the server signature"))
+		return
+	}
+	name, err := sa.ScramDone(s.ctx, s.ip, user, true)
+	s.authResult(scram.Mechanism, user, name, err)
 }
 
 // authChallenge sends a 334 challenge and reads the client's response line; false means the

@@ -25,6 +25,7 @@ import (
 	"github.com/postamt/postamt/internal/mail"
 	"github.com/postamt/postamt/internal/observe"
 	"github.com/postamt/postamt/internal/policy"
+	"github.com/postamt/postamt/internal/scram"
 	"github.com/postamt/postamt/internal/smtp"
 	"github.com/postamt/postamt/internal/spool"
 )
@@ -39,6 +40,18 @@ type Router interface {
 // session), anything else means the credentials are wrong (535 5.7.8).
 type Authenticator interface {
 	Authenticate(ctx context.Context, ip netip.Addr, user, password string) (string, error)
+}
+
+// ScramAuthenticator is an Authenticator that also offers SCRAM-SHA-256 (RFC 7677), in which
+// the password never crosses the wire.
+type ScramAuthenticator interface {
+	Authenticator
+	// ScramCredentials returns the user's verifier (made up for an unknown user, so the exchange
+	// fails only at the proof), or an *smtp.Reply to send (a lockout).
+	ScramCredentials(ctx context.Context, ip netip.Addr, user string) (scram.Credentials, error)
+	// ScramDone records the outcome of the proof check. On success it returns the canonical
+	// user name; on failure the *smtp.Reply to send (as Authenticate would).
+	ScramDone(ctx context.Context, ip netip.Addr, user string, ok bool) (string, error)
 }
 
 // Intake takes accepted messages; see queue.Queue.

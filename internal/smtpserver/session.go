@@ -17,6 +17,7 @@ import (
 
 	"github.com/postamt/postamt/internal/mail"
 	"github.com/postamt/postamt/internal/policy"
+	"github.com/postamt/postamt/internal/scram"
 	"github.com/postamt/postamt/internal/smtp"
 	"github.com/postamt/postamt/internal/spool"
 )
@@ -318,7 +319,11 @@ func (s *session) cmdHello(args string, ehlo bool) {
 		ext = append(ext, "STARTTLS")
 	}
 	if s.authOffered() {
-		ext = append(ext, "AUTH PLAIN LOGIN")
+		if _, ok := s.srv.opts.Auth.(ScramAuthenticator); ok {
+			ext = append(ext, "AUTH "+scram.Mechanism+" PLAIN LOGIN")
+		} else {
+			ext = append(ext, "AUTH PLAIN LOGIN")
+		}
 	}
 	s.reply(smtp.NewReply(250, smtp.EnhancedCode{}, strings.Join(ext, "\n")))
 }

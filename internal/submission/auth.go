@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/postamt/postamt/internal/scram"
 	"github.com/postamt/postamt/internal/smtp"
 	"github.com/postamt/postamt/internal/users"
 )
@@ -159,6 +160,7 @@ func (g *Guard) prune(now time.Time) {
 // Store is what the Authenticator needs of users.Store.
 type Store interface {
 	Authenticate(ctx context.Context, name, password string) (string, error)
+	ScramCredentials(ctx context.Context, name string) (scram.Credentials, bool, error)
 }
 
 var (
@@ -190,6 +192,32 @@ func (a *Authenticator) Authenticate(ctx context.Context, ip netip.Addr, user, p
 		return name, nil
 	case !errors.Is(err, users.ErrInvalid):
 		return "", errTemp.WithErr(err)
+	}
+	delay, locked := a.Guard.Fail(ip, user)
+	a.sleep(ctx, delay)
+	if locked {
+		return "", errLocked
+	}
+	return "", errBad
+}
+
+// ScramCredentials implements smtpserver.ScramAuthenticator under the same lockout.
+func (a *Authenticator) ScramCredentials(ctx context.Context, ip netip.Addr, user string) (scram.Credentials, error) {
+	if a.Guard.Locked(ip, user) {
+		return scram.Credentials{}, errLocked
+	}
+	c, _, err := a.Store.ScramCredentials(ctx, user)
+	if err != nil {
+		return c, errTemp.WithErr(err)
+	}
+	return c, nil
+}
+
+// ScramDone implements smtpserver.ScramAuthenticator: a wrong proof counts as a failed AUTH.
+func (a *Authenticator) ScramDone(ctx context.Context, ip netip.Addr, user string, ok bool) (string, error) {
+	if ok {
+		a.Guard.Succeed(ip, user)
+		return users.Normalize(user), nil
 	}
 	delay, locked := a.Guard.Fail(ip, user)
 	a.sleep(ctx, delay)

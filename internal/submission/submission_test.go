@@ -13,6 +13,7 @@ import (
 
 	"github.com/postamt/postamt/internal/mail"
 	"github.com/postamt/postamt/internal/policy"
+	"github.com/postamt/postamt/internal/scram"
 	"github.com/postamt/postamt/internal/smtp"
 	"github.com/postamt/postamt/internal/users"
 )
@@ -24,7 +25,7 @@ func (m msg) Open() (io.ReadCloser, error) { return io.NopCloser(strings.NewRead
 
 func openStore(t *testing.T) *users.Store {
 	t.Helper()
-	s, err := users.OpenWith(filepath.Join(t.TempDir(), "users.db"), users.Params{Memory: 64, Time: 1, Threads: 1})
+	s, err := users.OpenWith(filepath.Join(t.TempDir(), "users.db"), users.Params{Memory: 64, Time: 1, Threads: 1, ScramIterations: 4096})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,6 +179,10 @@ func (s *countingStore) Authenticate(_ context.Context, name, password string) (
 	return "", users.ErrInvalid
 }
 
+func (s *countingStore) ScramCredentials(context.Context, string) (scram.Credentials, bool, error) {
+	return scram.Credentials{}, false, s.err
+}
+
 func TestAuthenticatorGuard(t *testing.T) {
 	now := time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC)
 	var slept []time.Duration
@@ -269,4 +274,30 @@ func FuzzParseFields(f *testing.F) {
 			}
 		}
 	})
+}
+
+// SCRAM failures count against the same limits, and a locked account gets no credentials.
+func TestAuthenticatorScram(t *testing.T) {
+	a := &Authenticator{Store: openStore(t), Guard: NewGuard(GuardConfig{MaxFailuresPerUser: 2}, nil),
+		Sleep: func(context.Context, time.Duration) {}}
+	ctx := context.Background()
+	ip := netip.MustParseAddr("192.0.2.1")
+	c, err := a.ScramCredentials(ctx, ip, "Alice@example.test")
+	if err != nil || c.Iter != 4096 {
+		t.Fatalf("%+v %v", c, err)
+	}
+	if u, err := a.ScramDone(ctx, ip, "Alice@example.test", true); err != nil || u != "alice@example.test" {
+		t.Errorf("success: %q %v", u, err)
+	}
+	for i, want := range []int{535, 421} {
+		_, err := a.ScramDone(ctx, ip, "alice@example.test", false)
+		var r *smtp.Reply
+		if !errors.As(err, &r) || r.Code != want {
+			t.Fatalf("failure %d: %v, want %d", i+1, err, want)
+		}
+	}
+	var r *smtp.Reply
+	if _, err := a.ScramCredentials(ctx, ip, "alice@example.test"); !errors.As(err, &r) || r.Code != 421 {
+		t.Errorf("locked: %v", err)
+	}
 }

@@ -10,6 +10,7 @@ package users
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -26,6 +27,7 @@ import (
 	"golang.org/x/crypto/argon2"
 	_ "modernc.org/sqlite" // pure-Go SQLite driver
 
+	"github.com/postamt/postamt/internal/scram"
 	"github.com/postamt/postamt/internal/smtp"
 )
 
@@ -36,6 +38,8 @@ type Params struct {
 	Memory  uint32 // KiB
 	Time    uint32
 	Threads uint8
+	// ScramIterations is the PBKDF2 count of the SCRAM-SHA-256 verifier (0: 100000).
+	ScramIterations int
 }
 
 // DefaultParams are used for new hashes.
@@ -55,7 +59,13 @@ const schema = `
 CREATE TABLE IF NOT EXISTS user (
 	name    TEXT PRIMARY KEY, -- the login, lower case
 	hash    TEXT NOT NULL,    -- PHC string: $argon2id$v=19$m=...,t=...,p=...$salt$hash
+	scram   TEXT NOT NULL,    -- SCRAM-SHA-256$iter:salt$StoredKey:ServerKey (RFC 7677)
 	created INTEGER NOT NULL  -- unix seconds
+) WITHOUT ROWID;
+-- secret: keys the made-up SCRAM salts of unknown users, so they stay stable across restarts.
+CREATE TABLE IF NOT EXISTS meta (
+	key   TEXT PRIMARY KEY,
+	value BLOB NOT NULL
 ) WITHOUT ROWID;
 -- Application passwords: random tokens for machines and mail programs, revocable one by one
 -- without changing the account's password. 128 random bits need no slow hash: SHA-256 (hex).
@@ -76,9 +86,11 @@ CREATE TABLE IF NOT EXISTS sender (
 
 // Store is the user database.
 type Store struct {
-	db     *sql.DB
-	params Params
-	dummy  string // a hash compared for unknown users so their timing matches a wrong password
+	db        *sql.DB
+	params    Params
+	dummy     string // a hash compared for unknown users so their timing matches a wrong password
+	secret    []byte // keys made-up SCRAM salts
+	scramIter int
 }
 
 // Open opens (creating if needed) the database at path.
@@ -96,9 +108,22 @@ func OpenWith(path string, p Params) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("users: %s: %w", path, err)
 	}
-	s := &Store{db: db, params: p}
+	s := &Store{db: db, params: p, scramIter: p.ScramIterations}
+	if s.scramIter < 4096 {
+		s.scramIter = scram.DefaultIterations
+	}
 	s.dummy, err = hash("not a password", p)
 	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	secret := make([]byte, 32)
+	rand.Read(secret)
+	if _, err := db.Exec(`INSERT OR IGNORE INTO meta (key, value) VALUES ('secret', ?)`, secret); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := db.QueryRow(`SELECT value FROM meta WHERE key = 'secret'`).Scan(&s.secret); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -173,7 +198,7 @@ func (s *Store) Add(ctx context.Context, name, password string, senders []string
 	if err != nil {
 		return err
 	}
-	h, err := hash(password, s.params)
+	h, sc, err := s.hashes(password)
 	if err != nil {
 		return err
 	}
@@ -189,7 +214,7 @@ func (s *Store) Add(ctx context.Context, name, password string, senders []string
 	if n > 0 {
 		return fmt.Errorf("%w: %s", ErrExists, name)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO user (name, hash, created) VALUES (?, ?, ?)`, name, h, time.Now().Unix()); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO user (name, hash, scram, created) VALUES (?, ?, ?, ?)`, name, h, sc, time.Now().Unix()); err != nil {
 		return err
 	}
 	for _, p := range pats {
@@ -255,11 +280,11 @@ func (s *Store) SetPassword(ctx context.Context, name, password string) error {
 	if err := checkPassword(password); err != nil {
 		return err
 	}
-	h, err := hash(password, s.params)
+	h, sc, err := s.hashes(password)
 	if err != nil {
 		return err
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE user SET hash = ? WHERE name = ?`, h, name)
+	res, err := s.db.ExecContext(ctx, `UPDATE user SET hash = ?, scram = ? WHERE name = ?`, h, sc, name)
 	if err != nil {
 		return err
 	}
@@ -448,6 +473,41 @@ func (s *Store) MaySend(ctx context.Context, user string, addr smtp.Address) (bo
 	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM sender WHERE name = ? AND pattern IN (?, ?)`,
 		Normalize(user), canonAddr(addr), "@"+addr.ASCIIDomain()).Scan(&n)
 	return n > 0, err
+}
+
+// hashes returns the argon2id hash and the SCRAM-SHA-256 verifier of password.
+func (s *Store) hashes(password string) (string, string, error) {
+	h, err := hash(password, s.params)
+	if err != nil {
+		return "", "", err
+	}
+	c, err := scram.NewCredentials(password, s.scramIter)
+	if err != nil {
+		return "", "", err
+	}
+	return h, c.String(), nil
+}
+
+// ScramCredentials returns the SCRAM-SHA-256 verifier of a user. For an unknown user it makes
+// one up — a salt stable per name, keys no password matches — so that the exchange looks the
+// same for known and unknown names and fails only at the proof (no user enumeration). found
+// tells the caller which it was.
+func (s *Store) ScramCredentials(ctx context.Context, name string) (c scram.Credentials, found bool, err error) {
+	name = Normalize(name)
+	var v string
+	err = s.db.QueryRowContext(ctx, `SELECT scram FROM user WHERE name = ?`, name).Scan(&v)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		m := hmac.New(sha256.New, s.secret)
+		m.Write([]byte(name))
+		keys := make([]byte, 64)
+		rand.Read(keys)
+		return scram.Credentials{Salt: m.Sum(nil)[:16], Iter: s.scramIter, StoredKey: keys[:32], ServerKey: keys[32:]}, false, nil
+	case err != nil:
+		return c, false, err
+	}
+	c, err = scram.Parse(v)
+	return c, err == nil, err
 }
 
 // hash returns the PHC string for password with a fresh 16-byte salt.

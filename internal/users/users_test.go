@@ -7,10 +7,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/postamt/postamt/internal/scram"
 	"github.com/postamt/postamt/internal/smtp"
 )
 
-var cheap = Params{Memory: 64, Time: 1, Threads: 1}
+var cheap = Params{Memory: 64, Time: 1, Threads: 1, ScramIterations: 4096}
 
 func openTest(t *testing.T) *Store {
 	t.Helper()
@@ -201,5 +202,30 @@ func TestTokens(t *testing.T) {
 	}
 	if err := s.DeleteToken(ctx, "alice@example.org", "phone"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("second DeleteToken: %v", err)
+	}
+}
+
+func TestScramCredentials(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	s.Add(ctx, "alice@example.org", "alice password", nil)
+	c, found, err := s.ScramCredentials(ctx, "Alice@example.org")
+	if err != nil || !found || c.Iter != 4096 {
+		t.Fatalf("%+v %v %v", c, found, err)
+	}
+	want, _ := scram.Derive("alice password", c.Salt, c.Iter)
+	if string(want.StoredKey) != string(c.StoredKey) || string(want.ServerKey) != string(c.ServerKey) {
+		t.Error("stored verifier does not match the password")
+	}
+	s.SetPassword(ctx, "alice@example.org", "new password!")
+	c2, _, _ := s.ScramCredentials(ctx, "alice@example.org")
+	if string(c2.StoredKey) == string(c.StoredKey) {
+		t.Error("passwd did not change the SCRAM verifier")
+	}
+	// Unknown users get a stable made-up salt, indistinguishable in form.
+	u1, found, err := s.ScramCredentials(ctx, "mallory@example.org")
+	u2, _, _ := s.ScramCredentials(ctx, "mallory@example.org")
+	if err != nil || found || len(u1.Salt) != 16 || string(u1.Salt) != string(u2.Salt) || u1.Iter != c.Iter {
+		t.Errorf("unknown user: %+v found=%v err=%v", u1, found, err)
 	}
 }

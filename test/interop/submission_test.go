@@ -347,20 +347,37 @@ func TestSubmissionMsmtp(t *testing.T) {
 	writeFile(t, rc, "")
 	os.Chmod(rc, 0o600)
 	for _, tc := range []struct {
-		name string
-		port int
-		tls  string
-	}{{"starttls", s.Port, "--tls-starttls=on"}, {"implicit", s.PortTLS, "--tls-starttls=off"}} {
+		name, auth string
+		port       int
+		tls        string
+	}{
+		{"starttls", "plain", s.Port, "--tls-starttls=on"},
+		{"implicit", "plain", s.PortTLS, "--tls-starttls=off"},
+		// SCRAM-SHA-256 (RFC 7677) with GNU SASL's client: the password never crosses the wire.
+		{"scram-starttls", "scram-sha-256", s.Port, "--tls-starttls=on"},
+		{"scram-implicit", "scram-sha-256", s.PortTLS, "--tls-starttls=off"},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			marker := "msmtp submission " + tc.name
 			msg := "From: bob@example.test\nTo: alice@example.test\nSubject: " + marker + "\n\n" + marker + "\n"
 			res := runCmd(t, msg, bin, "--file="+rc, "--host=127.0.0.1", "--port="+itoa(tc.port), "--from="+bobAddr,
-				"--auth=plain", "--user="+bobAddr, "--passwordeval=echo \""+bobPass+"\"", "--tls=on", tc.tls,
+				"--auth="+tc.auth, "--user="+bobAddr, "--passwordeval=echo \""+bobPass+"\"", "--tls=on", tc.tls,
 				"--tls-certcheck=off", "--domain=client.test", "--timeout=15", "--debug", "--", "alice@example.test")
 			if res.ExitCode != 0 || !strings.Contains(res.Output, "235 2.7.0") {
 				t.Fatalf("msmtp exit %d", res.ExitCode)
 			}
+			if tc.auth == "scram-sha-256" && (!strings.Contains(res.Output, "--> AUTH SCRAM-SHA-256") || !strings.Contains(res.Output, "<-- 334 dj")) {
+				t.Errorf("no SCRAM exchange ending in the server's signature (334 v=...)")
+			}
 			s.checkSubmitted(t, findMessage(t, s.MaildirNew("alice@example.test"), marker))
 		})
 	}
+	t.Run("scram-wrong-password", func(t *testing.T) {
+		res := runCmd(t, "From: bob@example.test\n\nx\n", bin, "--file="+rc, "--host=127.0.0.1", "--port="+itoa(s.PortTLS),
+			"--from="+bobAddr, "--auth=scram-sha-256", "--user="+bobAddr, "--passwordeval=echo wrong-password",
+			"--tls=on", "--tls-starttls=off", "--tls-certcheck=off", "--domain=client.test", "--timeout=15", "--debug", "--", "alice@example.test")
+		if res.ExitCode == 0 || !strings.Contains(res.Output, "535 5.7.8") {
+			t.Errorf("exit %d, want a 535 5.7.8", res.ExitCode)
+		}
+	})
 }
