@@ -269,7 +269,9 @@ func FuzzParseFields(f *testing.F) {
 			if fl[0] == "" && !strings.Contains(block, ":") {
 				t.Fatalf("field without a colon in the input: %q", fl)
 			}
-			if strings.ContainsAny(fl[1], "\r\n") {
+			// A bare CR inside a line is just a character here (the server refuses bare CR
+			// in message data before checks run); a LF would mean a line was not split.
+			if strings.Contains(fl[1], "\n") {
 				t.Fatalf("value keeps a line break: %q", fl[1])
 			}
 		}
