@@ -36,7 +36,7 @@ func startSubmission(cfg *config.Config, log *slog.Logger, rt *router.Router, q 
 		// Fail closed: a user store or signing failure answers 451 and the client retries,
 		// rather than letting unchecked or unsigned mail out.
 		{Check: submission.SenderCheck{Senders: store}, FailClosed: true},
-		{Check: &submission.Limits{MessagesPerHour: s.MaxMessagesPerHour, RecipientsPerMessage: s.MaxRecipientsPerMessage}, FailClosed: true},
+		{Check: &submission.Limits{MessagesPerHour: s.MaxMessagesPerHour, RecipientsPerMessage: s.MaxRecipientsPerMessage, RecipientsPerHour: s.MaxRecipientsPerHour}, FailClosed: true},
 		{Check: submission.Fixups{Hostname: cfg.Hostname}, FailClosed: true},
 		{Check: &mailauth.DKIMSigner{Keys: keys}, FailClosed: true},
 	}}

@@ -169,3 +169,66 @@ func sendOn(c *smtp.Client, from, to, msg string) error {
 	}
 	return w.Close()
 }
+
+// TestSubmissionLimits: the second message in an hour over max_messages_per_hour = 1 gets
+// 451 4.7.1 at MAIL, and a recipient over max_recipients_per_message = 2 at RCPT.
+func TestSubmissionLimits(t *testing.T) {
+	dir := t.TempDir()
+	store, err := users.Open(filepath.Join(dir, "users.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store.Add(context.Background(), "bob@example.test", "bob's password", nil)
+	store.Close()
+	cfg, err := config.Parse("test.toml", []byte(`
+hostname = "mx.example.test"
+data_dir = "`+dir+`"
+[smtp]
+listen = ["127.0.0.1:0"]
+[local]
+domains = ["example.test"]
+mailboxes = ["alice@example.test", "bob@example.test", "carol@example.test", "dave@example.test"]
+[submission]
+listen = ["127.0.0.1:0"]
+max_messages_per_hour = 1
+max_recipients_per_message = 2
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Start(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Shutdown(context.Background())
+	c, err := smtp.Dial(a.SubmissionAddrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.StartTLS(&tls.Config{InsecureSkipVerify: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Auth(smtp.PlainAuth("", "bob@example.test", "bob's password", "127.0.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail("bob@example.test"); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []string{"alice@example.test", "carol@example.test"} {
+		if err := c.Rcpt(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Rcpt("dave@example.test"); err == nil || !strings.Contains(err.Error(), "451") || !strings.Contains(err.Error(), "4.7.1 Recipient limit reached: 2 recipients per message") {
+		t.Errorf("third recipient: %v", err)
+	}
+	w, _ := c.Data()
+	w.Write([]byte("From: bob@example.test\r\nSubject: one\r\n\r\nx\r\n"))
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail("bob@example.test"); err == nil || !strings.Contains(err.Error(), "451") || !strings.Contains(err.Error(), "4.7.1 Sending limit reached: 1 messages per hour for user bob@example.test") {
+		t.Errorf("second message: %v", err)
+	}
+}

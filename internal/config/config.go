@@ -79,6 +79,7 @@ type Submission struct {
 	// Per-user sending limits; 0 disables one.
 	MaxMessagesPerHour      int `toml:"max_messages_per_hour"`
 	MaxRecipientsPerMessage int `toml:"max_recipients_per_message"`
+	MaxRecipientsPerHour    int `toml:"max_recipients_per_hour"`
 	// Failed AUTH: the first failure waits AuthFailureDelay, each further one twice as long (up
 	// to 8 s); AuthFailuresPerIP or AuthFailuresPerUser failures within AuthLockout lock the
 	// address or the account out for AuthLockout (421 4.7.0).
@@ -180,7 +181,7 @@ func Default() *Config {
 			ACMECA: "https://acme-v02.api.letsencrypt.org/directory", ACMEHTTPListen: ":80"},
 		Submission: Submission{
 			RequireTLS: true, HideClientIP: true, UsersDB: "users.db",
-			MaxMessagesPerHour: 500, MaxRecipientsPerMessage: 100,
+			MaxMessagesPerHour: 500, MaxRecipientsPerMessage: 100, MaxRecipientsPerHour: 1000,
 			AuthFailureDelay: Duration(500 * time.Millisecond), AuthFailuresPerIP: 10, AuthFailuresPerUser: 5,
 			AuthLockout: Duration(15 * time.Minute),
 		},

@@ -236,6 +236,7 @@ func (c *Config) validateSubmission(v *validator) {
 	}
 	v.atLeast("submission.max_messages_per_hour", s.MaxMessagesPerHour, 0)
 	v.atLeast("submission.max_recipients_per_message", s.MaxRecipientsPerMessage, 0)
+	v.atLeast("submission.max_recipients_per_hour", s.MaxRecipientsPerHour, 0)
 	v.atLeast("submission.auth_failures_per_ip", s.AuthFailuresPerIP, 1)
 	v.atLeast("submission.auth_failures_per_user", s.AuthFailuresPerUser, 1)
 	if s.AuthFailureDelay < 0 || s.AuthFailureDelay.D() > 10*time.Second {

@@ -135,14 +135,20 @@ func NewMessageID(now time.Time) string {
 }
 
 // Limits are per-user sending limits; they keep a compromised account from turning the server
-// into a spam cannon. Zero disables a limit.
+// into a spam cannon. Zero disables a limit. The counts are in memory (a restart resets them).
 type Limits struct {
 	MessagesPerHour      int
 	RecipientsPerMessage int
+	RecipientsPerHour    int
 	Now                  func() time.Time
 
 	mu   sync.Mutex
-	sent map[string][]time.Time // per user, times of accepted messages within the last hour
+	sent map[string][]sendEvent // per user, accepted messages within the last hour
+}
+
+type sendEvent struct {
+	at    time.Time
+	rcpts int
 }
 
 func (*Limits) Name() string { return "limits" }
@@ -159,62 +165,77 @@ func (l *Limits) now() time.Time {
 	return time.Now()
 }
 
-// recent returns the user's send times within the last hour (the caller holds mu).
-func (l *Limits) recent(user string, now time.Time) []time.Time {
-	ts := l.sent[user]
+// recent returns the user's messages and recipients within the last hour, dropping older
+// events (the caller holds mu).
+func (l *Limits) recent(user string, now time.Time) (msgs, rcpts int) {
+	if l.sent == nil {
+		l.sent = map[string][]sendEvent{}
+	}
+	ev := l.sent[user]
 	i := 0
-	for i < len(ts) && now.Sub(ts[i]) >= time.Hour {
+	for i < len(ev) && now.Sub(ev[i].at) >= time.Hour {
 		i++
 	}
-	ts = ts[i:]
-	if len(ts) == 0 {
+	ev = ev[i:]
+	if len(ev) == 0 {
 		delete(l.sent, user)
 	} else {
-		l.sent[user] = ts
+		l.sent[user] = ev
 	}
-	return ts
+	for _, e := range ev {
+		rcpts += e.rcpts
+	}
+	return len(ev), rcpts
 }
 
 func (l *Limits) CheckMail(_ context.Context, t *policy.Txn) policy.Verdict {
 	user := t.Conn.AuthUser
-	if user == "" || l.MessagesPerHour <= 0 {
+	if user == "" {
 		return policy.Verdict{}
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.sent == nil {
-		l.sent = map[string][]time.Time{}
-	}
-	if n := len(l.recent(user, l.now())); n >= l.MessagesPerHour {
+	msgs, rcpts := l.recent(user, l.now())
+	switch {
+	case l.MessagesPerHour > 0 && msgs >= l.MessagesPerHour:
 		return tempfail("Sending limit reached: %d messages per hour for user %s; try again later", l.MessagesPerHour, user)
+	case l.RecipientsPerHour > 0 && rcpts >= l.RecipientsPerHour:
+		return tempfail("Sending limit reached: %d recipients per hour for user %s; try again later", l.RecipientsPerHour, user)
 	}
 	return policy.Verdict{}
 }
 
 func (l *Limits) CheckRcpt(_ context.Context, t *policy.Txn, _ smtp.Path, _ []pmail.Recipient) policy.Verdict {
-	if t.Conn.AuthUser == "" || l.RecipientsPerMessage <= 0 {
+	user := t.Conn.AuthUser
+	if user == "" {
 		return policy.Verdict{}
 	}
-	if len(t.Rcpts) >= l.RecipientsPerMessage {
+	if l.RecipientsPerMessage > 0 && len(t.Rcpts) >= l.RecipientsPerMessage {
 		return tempfail("Recipient limit reached: %d recipients per message; send the rest in another message", l.RecipientsPerMessage)
+	}
+	if l.RecipientsPerHour > 0 {
+		l.mu.Lock()
+		_, rcpts := l.recent(user, l.now())
+		l.mu.Unlock()
+		if rcpts+len(t.Rcpts) >= l.RecipientsPerHour {
+			return tempfail("Sending limit reached: %d recipients per hour for user %s; try again later", l.RecipientsPerHour, user)
+		}
 	}
 	return policy.Verdict{}
 }
 
-// CheckData counts the message against the hourly limit. It runs at the end of data, so a
+// CheckData counts the message against the hourly limits. It runs at the end of data, so a
 // message refused later by another check still counts: the limit errs on the safe side.
 func (l *Limits) CheckData(_ context.Context, t *policy.Txn, _ policy.Message) policy.Verdict {
 	user := t.Conn.AuthUser
-	if user == "" || l.MessagesPerHour <= 0 {
+	if user == "" {
 		return policy.Verdict{}
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.sent == nil {
-		l.sent = map[string][]time.Time{}
-	}
 	now := l.now()
-	l.sent[user] = append(l.recent(user, now), now)
+	l.recent(user, now)
+	l.sent[user] = append(l.sent[user], sendEvent{at: now, rcpts: len(t.Rcpts)})
 	return policy.Verdict{}
 }
 

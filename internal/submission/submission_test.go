@@ -153,6 +153,31 @@ func TestLimits(t *testing.T) {
 	if v := send("alice"); v.Action != policy.Continue {
 		t.Errorf("limit not lifted after an hour: %v", v.Reply)
 	}
+	// Recipients per hour: two messages to 3 recipients each reach a limit of 5 at the second
+	// message's third recipient, and the next MAIL is refused.
+	l2 := &Limits{RecipientsPerHour: 5, Now: func() time.Time { return now }}
+	tx2 := txn("carol", "carol")
+	for i := range 3 {
+		if v := l2.CheckRcpt(ctx, tx2, smtp.Path{}, nil); v.Action != policy.Continue {
+			t.Fatalf("first message, recipient %d refused", i+1)
+		}
+		tx2.Rcpts = append(tx2.Rcpts, mail.Recipient{Addr: "x@y"})
+	}
+	l2.CheckData(ctx, tx2, msg(""))
+	tx2 = txn("carol", "carol")
+	for i := range 3 {
+		v := l2.CheckRcpt(ctx, tx2, smtp.Path{}, nil)
+		if want := i == 2; (v.Action == policy.Tempfail) != want || want && !strings.Contains(v.Reply.Text, "5 recipients per hour") {
+			t.Errorf("second message, recipient %d: %v %v", i+1, v.Action, v.Reply)
+		}
+		if v.Action == policy.Continue {
+			tx2.Rcpts = append(tx2.Rcpts, mail.Recipient{Addr: "x@y"})
+		}
+	}
+	l2.CheckData(ctx, tx2, msg(""))
+	if v := l2.CheckMail(ctx, txn("carol", "carol")); v.Action != policy.Tempfail {
+		t.Errorf("MAIL after 5 recipients this hour: %v, want tempfail", v.Action)
+	}
 	tx := txn("alice", "alice")
 	for i := range 3 {
 		v := l.CheckRcpt(ctx, tx, smtp.Path{}, nil)
