@@ -271,7 +271,7 @@ func (a *App) counters() []observe.Counter {
 			return float64(pick(p, f, m))
 		}
 	}
-	return []observe.Counter{
+	cs := []observe.Counter{
 		{Name: "smtp_connections_total", Help: "SMTP connections accepted.", Value: i(st.Connections.Load)},
 		{Name: "smtp_connections_refused_total", Help: "SMTP connections refused with 421 (limits).", Value: i(st.Refused.Load)},
 		{Name: "smtp_connections_active", Help: "Open SMTP sessions.", Gauge: true, Value: func() float64 { return float64(a.SMTP.Active()) }},
@@ -284,4 +284,15 @@ func (a *App) counters() []observe.Counter {
 		{Name: "queue_recipients", Help: "Recipients in the queue by state.", Gauge: true, Labels: map[string]string{"state": "failed"}, Value: queueCount(func(_, f, _ int) int { return f })},
 		{Name: "queue_messages", Help: "Messages in the queue.", Gauge: true, Value: queueCount(func(_, _, m int) int { return m })},
 	}
+	if a.Submission != nil {
+		sub := &a.Submission.Stats
+		cs = append(cs,
+			observe.Counter{Name: "submission_connections_total", Help: "Submission connections accepted.", Value: i(sub.Connections.Load)},
+			observe.Counter{Name: "submission_messages_accepted_total", Help: "Submitted messages acknowledged with 250.", Value: i(sub.Messages.Load)},
+			observe.Counter{Name: "submission_messages_rejected_total", Help: "Submitted messages refused after DATA (sender, size, limits).", Value: i(sub.Rejected.Load)},
+			observe.Counter{Name: "submission_auth_total", Help: "AUTH exchanges by outcome.", Labels: map[string]string{"result": "ok"}, Value: i(sub.AuthOK.Load)},
+			observe.Counter{Name: "submission_auth_total", Help: "AUTH exchanges by outcome.", Labels: map[string]string{"result": "failed"}, Value: i(sub.AuthFailed.Load)},
+		)
+	}
+	return cs
 }

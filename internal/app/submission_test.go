@@ -192,6 +192,8 @@ mailboxes = ["alice@example.test", "bob@example.test", "carol@example.test", "da
 listen = ["127.0.0.1:0"]
 max_messages_per_hour = 1
 max_recipients_per_message = 2
+[metrics]
+listen = "127.0.0.1:0"
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -230,5 +232,12 @@ max_recipients_per_message = 2
 	}
 	if err := c.Mail("bob@example.test"); err == nil || !strings.Contains(err.Error(), "451") || !strings.Contains(err.Error(), "4.7.1 Sending limit reached: 1 messages per hour for user bob@example.test") {
 		t.Errorf("second message: %v", err)
+	}
+	body := get(t, "http://"+a.metrics.Addr().String()+"/metrics")
+	for _, want := range []string{`postamt_submission_auth_total{result="ok"} 1`, `postamt_submission_auth_total{result="failed"} 0`,
+		"postamt_submission_messages_accepted_total 1", "postamt_submission_connections_total 1", "postamt_smtp_connections_total 0"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }

@@ -105,6 +105,7 @@ func (s *session) cmdAuth(args string) {
 // authResult answers the end of an AUTH exchange.
 func (s *session) authResult(mech, user, name string, err error) {
 	if err != nil {
+		s.srv.Stats.AuthFailed.Add(1)
 		var r *smtp.Reply
 		if !errors.As(err, &r) {
 			r = errAuthInvalid
@@ -118,6 +119,7 @@ func (s *session) authResult(mech, user, name string, err error) {
 		}
 		return
 	}
+	s.srv.Stats.AuthOK.Add(1)
 	s.pc.AuthUser = name
 	s.srv.log.Info("authenticated", "session", s.id, "client", s.ip.String(), "user", name, "mechanism", mech)
 	s.reply(smtp.NewReply(235, smtp.EnhancedCode{2, 7, 0}, "Authentication successful"))

@@ -122,6 +122,8 @@ type Server struct {
 // Stats counts what happened, for metrics.
 type Stats struct {
 	Connections, Refused, Messages, Rejected atomic.Int64
+	// AuthOK and AuthFailed count AUTH exchanges that ended in 235 and in a refusal.
+	AuthOK, AuthFailed atomic.Int64
 }
 
 // New returns a Server; call Serve for each listener.
