@@ -2,7 +2,7 @@
 GO ?= go
 FUZZTIME ?= 10
 
-.PHONY: run build test deps lint unit e2e interop fuzz bench bench-quick soak clean
+.PHONY: run build test deps lint unit e2e interop fuzz bench bench-quick bench-relay bench-checks soak clean
 
 ## run: start the server with embedded defaults (SMTP on 127.0.0.1:2525, data in ./postamt-data)
 run:
@@ -39,9 +39,21 @@ fuzz:
 ## bench: side-by-side benchmark against Postfix, Mailpit and smtp-sink (see docs/benchmarks.md)
 bench:
 	bash scripts/bench.sh
+	bash scripts/bench-relay.sh
+	$(MAKE) bench-checks
+
+## bench-checks: end-of-DATA latency with the built-in checks off and on, same run (issue 6)
+bench-checks:
+	mkdir -p bench/out
+	$(GO) test -run '^$$' -bench BenchmarkChecks -benchtime 1000x ./internal/app/ | tee bench/out/checks.txt
 
 bench-quick:
 	bash scripts/bench.sh --quick
+	bash scripts/bench-relay.sh --quick
+
+## bench-relay: end-to-end relay through Postamt and Postfix to smtp-sink (issue 4)
+bench-relay:
+	bash scripts/bench-relay.sh
 
 ## soak: the long crash run (20+ kills under load)
 soak:

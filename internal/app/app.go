@@ -9,9 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/postamt/postamt/internal/bounce"
@@ -22,6 +25,7 @@ import (
 	"github.com/postamt/postamt/internal/queue"
 	"github.com/postamt/postamt/internal/router"
 	"github.com/postamt/postamt/internal/smtpserver"
+	"github.com/postamt/postamt/internal/tlspolicy"
 	"github.com/postamt/postamt/internal/transport"
 	"github.com/postamt/postamt/internal/transport/lmtp"
 	"github.com/postamt/postamt/internal/transport/maildir"
@@ -42,6 +46,8 @@ type App struct {
 	users      *users.Store
 	acme       *certs.ACME
 	metrics    *observe.MetricsServer
+	checks     *builtChecks
+	remote     *remote.Transport
 	errc       chan error
 }
 
@@ -59,6 +65,25 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 	}
 	hist := observe.NewHistograms()
 	rt := router.New(cfg.Local, cfg.Outbound)
+	// One resolver for delivery and for the checks: outbound.dns_servers or the system's.
+	resolver := dns.System(cfg.Outbound.DNSServers)
+	ot := cfg.Outbound.TLS
+	daneResolver := ""
+	if ot.DANE {
+		daneResolver = ot.DANEResolver
+	}
+	tlsPolicy, err := tlspolicy.NewEngine(tlspolicy.Options{
+		MTASTS: ot.MTASTS, Resolver: resolver, CacheDir: cfg.Path("mta-sts"),
+		DANEResolver: daneResolver, Overrides: ot.Policy, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	out, err := outboundTransport(cfg)
+	if err != nil {
+		return nil, err
+	}
+	out.Resolver, out.TLSPolicy, out.Logger = resolver, tlsPolicy, log
 	bouncer := &bounce.Bouncer{Hostname: cfg.Hostname, Router: rt, Logger: log, Now: time.Now}
 	q, err := queue.Open(queue.Options{
 		Bounce:           bouncer.Bounce,
@@ -68,17 +93,21 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		MaxAge:           cfg.Queue.MaxAge.D(),
 		DelayWarning:     cfg.Queue.DelayWarning.D(),
 		DestinationLimit: cfg.Outbound.DestinationLimit,
+		RemoteLimit:      cfg.Outbound.MaxConnections,
 		Workers:          cfg.Queue.DeliveryWorkers,
-		Transports: []transport.Transport{local, &remote.Transport{
-			Resolver: dns.System(cfg.Outbound.DNSServers), Hostname: cfg.Hostname, Port: cfg.Outbound.Port,
-		}},
-		Logger: log,
+		Transports:       append([]transport.Transport{local, out}, mapTransports(cfg)...),
+		Logger:           log,
 	})
 	if err != nil {
 		return nil, err
 	}
 	bouncer.Intake = q // the DSN goes back in through the same queue
 	tlsConf, err := certs.ServerConfigReload(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.Path("tls"), cfg.Hostname, cfg.TLS.ReloadInterval.D(), log)
+	if err != nil {
+		q.Close(context.Background())
+		return nil, err
+	}
+	checks, err := buildChecks(cfg, checkDeps{Resolver: resolver, Now: time.Now, Logger: log})
 	if err != nil {
 		q.Close(context.Background())
 		return nil, err
@@ -96,6 +125,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		})
 		if err != nil {
 			q.Close(context.Background())
+			checks.Close()
 			return nil, fmt.Errorf("tls.acme: %w", err)
 		}
 		tlsConf = acme.TLSConfig()
@@ -114,19 +144,12 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		Logger:        log,
 		IDs:           observe.NewIDGen(nil),
 		CommitLatency: hist.Commit,
+		Policy:        checks.Chain,
+		GreetDelay:    checks.GreetDelay,
 	})
 	sub := cfg.Submission
-	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, acme: acme, errc: make(chan error, len(l.Listen)+len(sub.Listen)+len(sub.ListenTLS))}
-	if len(sub.Listen)+len(sub.ListenTLS) > 0 {
-		a.users, a.Submission, err = startSubmission(cfg, log, rt, q, tlsConf, hist)
-		if err != nil {
-			if acme != nil {
-				acme.Stop()
-			}
-			q.Close(context.Background())
-			return nil, err
-		}
-	}
+	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, checks: checks, remote: out, acme: acme,
+		errc: make(chan error, len(l.Listen)+len(sub.Listen)+len(sub.ListenTLS))}
 	type listener struct {
 		ln      net.Listener
 		srv     *smtpserver.Server
@@ -144,7 +167,13 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 			acme.Stop()
 		}
 		q.Close(context.Background())
+		checks.Close()
 		return nil, err
+	}
+	if len(sub.Listen)+len(sub.ListenTLS) > 0 {
+		if a.users, a.Submission, err = startSubmission(cfg, log, rt, q, tlsConf, hist); err != nil {
+			return fail(err)
+		}
 	}
 	listen := func(option, addr string, s *smtpserver.Server, service string, implicitTLS bool) error {
 		ln, err := net.Listen("tcp", addr)
@@ -237,6 +266,10 @@ func (a *App) Shutdown(ctx context.Context) error {
 	if qerr := a.Queue.Close(qctx); err == nil {
 		err = qerr
 	}
+	a.remote.Close() // idle connections kept for reuse
+	if cerr := a.checks.Close(); err == nil {
+		err = cerr
+	}
 	a.log.Info("stopped")
 	return err
 }
@@ -295,4 +328,41 @@ func (a *App) counters() []observe.Counter {
 		)
 	}
 	return cs
+}
+
+// outboundTransport builds delivery to other domains from [outbound].
+func outboundTransport(cfg *config.Config) (*remote.Transport, error) {
+	o := cfg.Outbound
+	t := &remote.Transport{
+		Resolver: dns.System(o.DNSServers), Hostname: cfg.Hostname, Port: o.Port,
+		ReuseIdle: o.ConnectionReuse.D(),
+	}
+	if t.ReuseIdle == 0 {
+		t.ReuseIdle = -1 // "0s" in the file means no reuse
+	}
+	if o.RelayUsername != "" {
+		pw, err := os.ReadFile(o.RelayPasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("outbound.relay_password_file: %w", err)
+		}
+		pass, _, _ := strings.Cut(string(pw), "\n")
+		t.Auth = map[string]remote.Credentials{o.RelayHost: {Username: o.RelayUsername, Password: strings.TrimRight(pass, "\r")}}
+	}
+	return t, nil
+}
+
+// mapTransports makes one LMTP transport per distinct LMTP server in the transport map; SMTP
+// entries use the remote transport.
+func mapTransports(cfg *config.Config) []transport.Transport {
+	seen := map[string]bool{}
+	var out []transport.Transport
+	for _, d := range slices.Sorted(maps.Keys(cfg.Outbound.Transports)) {
+		rt, ok := router.TransportMapRoute(cfg.Outbound.Transports[d])
+		if !ok || seen[rt.Transport] || !strings.HasPrefix(rt.Transport, "lmtp:") {
+			continue
+		}
+		seen[rt.Transport] = true
+		out = append(out, &lmtp.Transport{Address: strings.TrimPrefix(rt.Transport, "lmtp:"), Hostname: cfg.Hostname, Label: rt.Transport})
+	}
+	return out
 }

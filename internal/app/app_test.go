@@ -5,10 +5,12 @@ import (
 	gosmtp "github.com/emersion/go-smtp"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/smtp"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -191,4 +193,171 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+func TestOutboundTransportFromConfig(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "relay.pw")
+	os.WriteFile(pw, []byte("s3cret\r\nignored second line\n"), 0o600)
+	cfg := config.Default()
+	cfg.Outbound.RelayHost = "[smtp.provider.test]:587"
+	cfg.Outbound.RelayUsername, cfg.Outbound.RelayPasswordFile = "me", pw
+	cfg.Outbound.ConnectionReuse = 0
+	tr, err := outboundTransport(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := tr.Auth["[smtp.provider.test]:587"]; c.Username != "me" || c.Password != "s3cret" {
+		t.Errorf("credentials %+v", c)
+	}
+	if tr.ReuseIdle >= 0 {
+		t.Errorf("connection_reuse 0s must disable reuse, got %v", tr.ReuseIdle)
+	}
+	cfg.Outbound.RelayPasswordFile = filepath.Join(dir, "missing")
+	if _, err := outboundTransport(cfg); err == nil || !strings.Contains(err.Error(), "relay_password_file") {
+		t.Errorf("missing password file: %v", err)
+	}
+}
+
+// TestSuccessNotices: NOTIFY=SUCCESS for a local mailbox gets a "delivered" DSN; for a next hop
+// without DSN support a "relayed" one (RFC 3461 §6.2.2); both land in the sender's Maildir.
+func TestSuccessNotices(t *testing.T) {
+	dir := t.TempDir()
+	// A next hop without the DSN extension.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := gosmtp.NewServer(gosmtp.BackendFunc(func(c *gosmtp.Conn) (gosmtp.Session, error) { return discardSession{}, nil }))
+	srv.Domain = "mx.far.test"
+	go srv.Serve(ln)
+	defer srv.Close()
+	cfg, err := config.Parse("test.toml", []byte(`
+hostname = "mx.example.test"
+data_dir = "`+dir+`"
+[smtp]
+listen = ["127.0.0.1:0"]
+[local]
+domains = ["example.test"]
+mailboxes = ["alice@example.test", "bob@example.test"]
+[local.aliases]
+"fwd@example.test" = ["carol@far.test"]
+[outbound.transports]
+"far.test" = "[127.0.0.1]:`+strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)+`"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Start(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Shutdown(context.Background())
+	c, err := smtp.Dial(a.Addrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Hello("client.test")
+	for _, cmd := range []string{"MAIL FROM:<alice@example.test> ENVID=track-1", "RCPT TO:<bob@example.test> NOTIFY=SUCCESS,FAILURE",
+		"RCPT TO:<fwd@example.test> NOTIFY=SUCCESS", "DATA"} {
+		id, err := c.Text.Cmd("%s", cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Text.StartResponse(id)
+		_, _, err = c.Text.ReadResponse(0)
+		c.Text.EndResponse(id)
+		if err != nil {
+			t.Fatalf("%s: %v", cmd, err)
+		}
+	}
+	w := c.Text.DotWriter()
+	io.WriteString(w, "From: <alice@example.test>\r\nSubject: tell me\r\n\r\nbody\r\n")
+	w.Close()
+	if _, _, err := c.Text.ReadResponse(250); err != nil {
+		t.Fatal(err)
+	}
+	// Maildir stores LF line ends.
+	wants := []string{"Final-Recipient: rfc822; bob@example.test\nAction: delivered\nStatus: 2.0.0",
+		"Final-Recipient: rfc822; carol@far.test\nAction: relayed\nStatus: 2.0.0\nRemote-MTA: dns; 127.0.0.1",
+		"Original-Envelope-Id: track-1", "Subject: Successful Mail Delivery Report", "Content-Type: text/rfc822-headers"}
+	box := filepath.Join(dir, "mail", "example.test", "alice", "new")
+	var all string
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		var reports []string
+		ents, _ := os.ReadDir(box)
+		for _, e := range ents {
+			b, _ := os.ReadFile(filepath.Join(box, e.Name()))
+			reports = append(reports, string(b))
+		}
+		all = strings.Join(reports, "\n=====\n")
+		if strings.Contains(all, wants[0]) && strings.Contains(all, wants[1]) {
+			break
+		}
+	}
+	// The message finishes when its last recipient does; the bounce stage then sends one report.
+	for _, want := range wants {
+		if strings.Count(all, want) != 1 {
+			t.Errorf("want %q once in the reports:\n%s", want, all)
+		}
+	}
+	// bob got the message itself, once.
+	if ents, _ := os.ReadDir(filepath.Join(dir, "mail", "example.test", "bob", "new")); len(ents) != 1 {
+		t.Errorf("bob has %d messages", len(ents))
+	}
+}
+
+type discardSession struct{}
+
+func (discardSession) Mail(string, *gosmtp.MailOptions) error { return nil }
+func (discardSession) Rcpt(string, *gosmtp.RcptOptions) error { return nil }
+func (discardSession) Data(r io.Reader) error                 { _, err := io.Copy(io.Discard, r); return err }
+func (discardSession) Reset()                                 {}
+func (discardSession) Logout() error                          { return nil }
+
+// TestTransportMapLMTP: one local domain goes to the Maildir, another (by the transport map) to
+// an LMTP server of its own, as in `example.org → lmtp:...`.
+func TestTransportMapLMTP(t *testing.T) {
+	dir := t.TempDir()
+	store := &lmtptest.Store{}
+	addr := store.Start(t)
+	cfg, err := config.Parse("test.toml", []byte(`
+hostname = "mx.example.test"
+data_dir = "`+dir+`"
+[smtp]
+listen = ["127.0.0.1:0"]
+[local]
+domains = ["example.test", "example.org"]
+mailboxes = ["alice@example.test", "bob@example.org"]
+[outbound.transports]
+"example.org" = "lmtp:`+addr+`"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Start(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Shutdown(context.Background())
+	if err := send(a.Addrs()[0].String(), "x@remote.test", "bob@example.org", "Subject: to lmtp\r\n\r\nx\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(a.Addrs()[0].String(), "x@remote.test", "alice@example.test", "Subject: to maildir\r\n\r\nx\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end) && len(store.Messages()) == 0; time.Sleep(20 * time.Millisecond) {
+	}
+	msgs := store.Messages()
+	if len(msgs) != 1 || msgs[0].To != "bob@example.org" || !strings.Contains(msgs[0].Body, "Subject: to lmtp") {
+		t.Fatalf("LMTP store got %+v", msgs)
+	}
+	box := filepath.Join(dir, "mail", "example.test", "alice", "new")
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if ents, _ := os.ReadDir(box); len(ents) == 1 {
+			return
+		}
+	}
+	t.Fatal("alice's message did not reach the Maildir")
 }

@@ -68,6 +68,20 @@ func (bo *Bouncer) Bounce(ctx context.Context, b *queue.Bounce) error {
 			Diagnostic: f.LastError, RemoteMTA: f.RemoteMTA, LastAttempt: f.LastAttempt,
 		})
 	}
+	for _, f := range b.Succeeded {
+		if !dsn.Wanted(f.Notify, "SUCCESS") {
+			continue
+		}
+		orig := f.ORCPT
+		if orig == "" && f.Orig != "" && f.Orig != f.Addr {
+			orig = "rfc822;" + f.Orig
+		}
+		r := dsn.Recipient{Final: f.Addr, Original: orig, Action: "delivered", Status: "2.0.0", LastAttempt: f.LastAttempt}
+		if f.Relayed {
+			r.Action, r.RemoteMTA = "relayed", f.RemoteMTA
+		}
+		rcpts = append(rcpts, r)
+	}
 	if len(rcpts) == 0 {
 		log.Info("DSN suppressed: NOTIFY does not ask for it", "kind", kind)
 		return nil
@@ -114,10 +128,13 @@ func (bo *Bouncer) Bounce(ctx context.Context, b *queue.Bounce) error {
 	for i, r := range rcpts {
 		addrs[i] = r.Final
 	}
-	if b.Delayed {
+	switch {
+	case b.Delayed:
 		log.Info("delay warning sent", "dsn_id", dsnEnv.ID, "delayed", strings.Join(addrs, ","))
-	} else {
-		log.Info("bounced", "dsn_id", dsnEnv.ID, "failed", strings.Join(addrs, ","))
+	case len(b.Failed) == 0:
+		log.Info("success notice sent", "dsn_id", dsnEnv.ID, "rcpts", strings.Join(addrs, ","))
+	default:
+		log.Info("bounced", "dsn_id", dsnEnv.ID, "rcpts", strings.Join(addrs, ","))
 	}
 	return nil
 }

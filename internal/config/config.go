@@ -21,6 +21,7 @@ type Config struct {
 	Local    Local    `toml:"local"`
 	Outbound Outbound `toml:"outbound"`
 	Metrics  Metrics  `toml:"metrics"`
+	Checks   Checks   `toml:"checks"`
 	// Submission and DKIM: mail from the server's own users and applications.
 	Submission Submission `toml:"submission"`
 	DKIM       DKIM       `toml:"dkim"`
@@ -129,8 +130,28 @@ type Outbound struct {
 	RelayHost string `toml:"relay_host"`
 	// DestinationLimit caps simultaneous deliveries to one domain or relay host.
 	DestinationLimit int `toml:"destination_limit"`
+	// MaxConnections caps simultaneous deliveries to all remote destinations together.
+	MaxConnections int `toml:"max_connections"`
+	// ConnectionReuse is how long a connection stays open for the next message to the same
+	// destination; 0 closes it after each message.
+	ConnectionReuse Duration `toml:"connection_reuse"`
+	// RelayUsername and RelayPasswordFile authenticate to relay_host (over TLS only).
+	RelayUsername     string `toml:"relay_username"`
+	RelayPasswordFile string `toml:"relay_password_file"`
 	// Transports maps a domain to the server that takes its mail ("[host]:port").
 	Transports map[string]string `toml:"transports"`
+	TLS        OutboundTLS       `toml:"tls"`
+}
+
+// OutboundTLS decides how much TLS outbound SMTP needs: discovery of MTA-STS and DANE, and
+// per-domain overrides that take precedence over both.
+type OutboundTLS struct {
+	MTASTS bool `toml:"mta_sts"` // fetch and enforce MTA-STS policies (RFC 8461); cache in data_dir/mta-sts
+	// DANE uses TLSA records (RFC 7672); needs DANEResolver, a validating resolver we trust.
+	DANE         bool   `toml:"dane"`
+	DANEResolver string `toml:"dane_resolver"`
+	// Policy maps a domain (or relay host name) to none | may | encrypt | verify | dane.
+	Policy map[string]string `toml:"policy"`
 }
 
 type Metrics struct {
@@ -175,8 +196,10 @@ func Default() *Config {
 			MaildirRoot:   "mail",
 			LMTPAddress:   "127.0.0.1:24",
 		},
-		Outbound: Outbound{Port: 25, DestinationLimit: 20},
-		Metrics:  Metrics{Listen: ""},
+		Outbound: Outbound{Port: 25, DestinationLimit: 20, MaxConnections: 100, ConnectionReuse: Duration(5 * time.Second),
+			TLS: OutboundTLS{MTASTS: true}},
+		Metrics: Metrics{Listen: ""},
+		Checks:  defaultChecks(),
 		TLS: TLS{ReloadInterval: Duration(5 * time.Second),
 			ACMECA: "https://acme-v02.api.letsencrypt.org/directory", ACMEHTTPListen: ":80"},
 		Submission: Submission{

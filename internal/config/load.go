@@ -210,6 +210,11 @@ func (c *Config) line(option string) int {
 		if l, ok := c.pos[o]; ok {
 			return l
 		}
+		// "checks.dnsbl.lists[0]" is set by the line of "checks.dnsbl.lists".
+		if j := strings.LastIndexByte(o, '['); j > strings.LastIndexByte(o, '.') {
+			o = o[:j]
+			continue
+		}
 		i := strings.LastIndexByte(o, '.')
 		if i < 0 {
 			break

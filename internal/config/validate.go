@@ -23,6 +23,7 @@ func (c *Config) Validate() error {
 	c.validateLocal(v)
 	c.validateSubmission(v)
 	c.validateDKIM(v)
+	c.validateChecks(v)
 	if c.Outbound.Port < 1 || c.Outbound.Port > 65535 {
 		v.addf("outbound.port", "must be a port number from 1 to 65535, got %d", c.Outbound.Port)
 	}
@@ -30,12 +31,24 @@ func (c *Config) Validate() error {
 		v.hostPort("outbound.dns_servers", s)
 	}
 	v.atLeast("outbound.destination_limit", c.Outbound.DestinationLimit, 1)
+	v.atLeast("outbound.max_connections", c.Outbound.MaxConnections, 1)
 	if c.Outbound.RelayHost != "" {
 		v.nextHop("outbound.relay_host", c.Outbound.RelayHost)
 	}
-	for _, d := range slices.Sorted(maps.Keys(c.Outbound.Transports)) {
-		v.nextHop("outbound.transports."+d, c.Outbound.Transports[d])
+	switch o := c.Outbound; {
+	case (o.RelayUsername == "") != (o.RelayPasswordFile == ""):
+		v.addf("outbound.relay_username", "relay_username and relay_password_file go together")
+	case o.RelayUsername != "" && o.RelayHost == "":
+		v.addf("outbound.relay_username", "is set but relay_host is empty")
+	case o.RelayPasswordFile != "":
+		if _, err := os.ReadFile(o.RelayPasswordFile); err != nil {
+			v.addf("outbound.relay_password_file", "cannot read: %v", err)
+		}
 	}
+	for _, d := range slices.Sorted(maps.Keys(c.Outbound.Transports)) {
+		v.transportMapEntry("outbound.transports."+d, c.Outbound.Transports[d])
+	}
+	c.validateOutboundTLS(v)
 	if len(v.errs) > 0 {
 		return v.errs
 	}
@@ -86,6 +99,26 @@ func (v *validator) nextHop(option, hop string) {
 	host, port, ok := mail.SplitNextHop(hop)
 	if !ok || host == "" || port < 1 || port > 65535 {
 		v.addf(option, "%q must be [host]:port, e.g. \"[smtp.example.org]:587\"", hop)
+	}
+}
+
+// transportMapEntry accepts what router.TransportMapRoute reads (config cannot import router).
+func (v *validator) transportMapEntry(option, val string) {
+	if addr, ok := strings.CutPrefix(val, "lmtp:"); ok {
+		if p, unix := strings.CutPrefix(addr, "unix:"); unix {
+			if !strings.HasPrefix(p, "/") {
+				v.addf(option, "%q: the LMTP socket must be an absolute path, e.g. \"lmtp:unix:/run/dovecot/lmtp\"", val)
+			}
+			return
+		}
+		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+			v.addf(option, "%q: LMTP needs host:port or unix:/path", val)
+		}
+		return
+	}
+	host, port, ok := mail.SplitNextHop(strings.TrimPrefix(val, "smtp:"))
+	if !ok || host == "" || port < 1 || port > 65535 {
+		v.addf(option, "%q must be \"[host]:port\", \"smtp:[host]:port\", \"lmtp:host:port\" or \"lmtp:unix:/path\"", val)
 	}
 }
 
@@ -311,4 +344,37 @@ func validSelector(s string) bool {
 		}
 	}
 	return true
+}
+
+func (c *Config) validateOutboundTLS(v *validator) {
+	o := &c.Outbound.TLS
+	if o.DANEResolver != "" {
+		v.hostPort("outbound.tls.dane_resolver", o.DANEResolver)
+	}
+	if o.DANE && o.DANEResolver == "" {
+		v.addf("outbound.tls.dane", "needs outbound.tls.dane_resolver: a DNSSEC-validating resolver you trust, e.g. a local unbound at \"127.0.0.1:53\"")
+	}
+	norm := map[string]string{}
+	for _, d := range slices.Sorted(maps.Keys(o.Policy)) {
+		opt := "outbound.tls.policy." + d
+		mode := o.Policy[d]
+		a, err := smtp.ParseAddress("x@"+d, true)
+		if err != nil || strings.HasPrefix(d, "[") {
+			v.addf(opt, "%q is not a valid domain name", d)
+			continue
+		}
+		switch mode {
+		case "none", "may", "encrypt", "verify":
+		case "dane":
+			if !o.DANE {
+				v.addf(opt, "\"dane\" needs outbound.tls.dane = true (and a dane_resolver)")
+			}
+		default:
+			v.addf(opt, "%q is not allowed; use one of: none, may, encrypt, verify, dane", mode)
+		}
+		norm[a.ASCIIDomain()] = mode
+	}
+	if len(o.Policy) > 0 {
+		o.Policy = norm
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,12 +27,12 @@ func System(servers []string) *net.Resolver {
 	if len(servers) == 0 {
 		return &net.Resolver{PreferGo: true}
 	}
-	var next int
+	// Dial runs on concurrent lookups (A and AAAA in parallel, many deliveries at once).
+	var next atomic.Uint64
 	return &net.Resolver{
 		PreferGo: true,
 		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			s := servers[next%len(servers)]
-			next++
+			s := servers[(next.Add(1)-1)%uint64(len(servers))]
 			d := net.Dialer{Timeout: 5 * time.Second}
 			return d.DialContext(ctx, network, s)
 		},

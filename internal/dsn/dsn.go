@@ -52,9 +52,16 @@ func Build(r Report, original io.Reader) ([]byte, error) {
 	var b bytes.Buffer
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	delayed := allAction(r.Recipients, "delayed")
+	success := allAction(r.Recipients, "delivered", "relayed")
+	mixed := !delayed && !success && !allAction(r.Recipients, "failed")
 	subject := "Undelivered Mail Returned to Sender"
-	if delayed {
+	switch {
+	case delayed:
 		subject = "Delayed Mail (still being retried)"
+	case success:
+		subject = "Successful Mail Delivery Report"
+	case mixed:
+		subject = "Delivery Status Notification"
 	}
 	w("From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", r.ReportingMTA)
 	w("To: <%s>\r\n", r.Sender)
@@ -68,13 +75,25 @@ func Build(r Report, original io.Reader) ([]byte, error) {
 
 	w("\r\n--%s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n", boundary)
 	w("This is the mail system at host %s.\r\n\r\n", r.ReportingMTA)
-	if delayed {
+	switch {
+	case delayed:
 		w("Your message could not be delivered yet. The mail system will keep trying; you do not\r\nneed to send it again.\r\n\r\n")
-	} else {
+	case success:
+		w("Your message was delivered as you asked to be told (a delivery status notification was\r\nrequested).\r\n\r\n")
+	case mixed:
+		w("This is the report on your message that you asked for. Each recipient's outcome is\r\nbelow.\r\n\r\n")
+	default:
 		w("Your message could not be delivered to one or more recipients. It is attached below.\r\n\r\n")
 	}
 	for _, rc := range r.Recipients {
-		w("<%s>: %s\r\n", rc.Final, oneLine(rc.Diagnostic))
+		switch rc.Action {
+		case "delivered":
+			w("<%s>: delivered to the mailbox\r\n", rc.Final)
+		case "relayed":
+			w("<%s>: handed on to %s, which does not send delivery notifications; no further\r\n    notice will come from there\r\n", rc.Final, oneLine(rc.RemoteMTA))
+		default:
+			w("<%s>: %s\r\n", rc.Final, oneLine(rc.Diagnostic))
+		}
 	}
 
 	statusType, msgType := "message/delivery-status", "message/rfc822"
@@ -107,7 +126,8 @@ func Build(r Report, original io.Reader) ([]byte, error) {
 		}
 	}
 
-	if strings.EqualFold(r.Ret, "HDRS") || truncated {
+	// RFC 3461 §4.3: a success report should not carry the content back; its header identifies it.
+	if strings.EqualFold(r.Ret, "HDRS") || truncated || success {
 		ct := "text/rfc822-headers"
 		if r.SMTPUTF8 {
 			ct = "message/global-headers"
@@ -163,9 +183,15 @@ func oneLine(s string) string {
 	}, s)
 }
 
-func allAction(rs []Recipient, action string) bool {
+func allAction(rs []Recipient, actions ...string) bool {
 	for _, r := range rs {
-		if r.Action != action {
+		found := false
+		for _, a := range actions {
+			if r.Action == a {
+				found = true
+			}
+		}
+		if !found {
 			return false
 		}
 	}

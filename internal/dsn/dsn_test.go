@@ -47,6 +47,19 @@ func TestGolden(t *testing.T) {
 			r.Recipients[0].Diagnostic = "451 4.4.1 LMTP server not reachable"
 			return r
 		}, original},
+		"success": {func() Report {
+			r := baseReport()
+			r.Recipients = []Recipient{
+				{Final: "bob@example.test", Action: "delivered", Status: "2.0.0"},
+				{Final: "carol@far.test", Original: "rfc822;carol@far.test", Action: "relayed", Status: "2.0.0", RemoteMTA: "mx.far.test"},
+			}
+			return r
+		}, original},
+		"mixed": {func() Report {
+			r := baseReport()
+			r.Recipients = append(r.Recipients, Recipient{Final: "bob@example.test", Action: "delivered", Status: "2.0.0"})
+			return r
+		}, original},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -51,12 +51,13 @@ func (o Outcome) String() string {
 
 // Result is the combined outcome of a stage.
 type Result struct {
-	Action   Action
-	Reply    *smtp.Reply // set for Tempfail and Reject
-	Headers  []string
-	Score    float64
-	Reason   string // of the deciding check
-	Outcomes []Outcome
+	Action     Action
+	Reply      *smtp.Reply // set for Tempfail and Reject
+	Headers    []string
+	Score      float64
+	Reason     string // of the deciding check
+	Outcomes   []Outcome
+	Overwrites []Overwrite
 }
 
 // Refused reports whether the client must get Reply.
@@ -113,6 +114,7 @@ func (c *Chain) run(ctx context.Context, stage string, score float64, call func(
 		}
 		res.Outcomes = append(res.Outcomes, o)
 		res.Headers = append(res.Headers, v.Headers...)
+		res.Overwrites = append(res.Overwrites, v.Overwrites...)
 		res.Score += v.Score
 		if v.Action > res.Action {
 			res.Action, res.Reason = v.Action, v.Reason
@@ -202,6 +204,7 @@ func (c *Chain) stage(ctx context.Context, name string, t *Txn, call func(ctx co
 	t.Outcomes = append(t.Outcomes, r.Outcomes...)
 	if !r.Refused() {
 		t.Headers = append(t.Headers, r.Headers...)
+		t.Overwrites = append(t.Overwrites, r.Overwrites...)
 		if r.Action > t.Action {
 			t.Action, t.Reason = r.Action, r.Reason
 		}

@@ -74,6 +74,16 @@ type Verdict struct {
 	// Err reports that the check could not decide (backend down, timeout); the Chain then
 	// applies the entry's fail-open or fail-closed rule instead of Action.
 	Err error
+	// Overwrites edit the received message in place (DATA stage only), for example to rename a
+	// forged Authentication-Results field. They keep the length because a large body is already
+	// in its spool file, which is patched before it is committed but never rewritten.
+	Overwrites []Overwrite
+}
+
+// Overwrite replaces len(Data) bytes at Offset of the message as Message.Open reads it.
+type Overwrite struct {
+	Offset int64
+	Data   []byte
 }
 
 // Conn is what checks may know about the client connection.
@@ -83,13 +93,30 @@ type Conn struct {
 	RemoteIP   netip.Addr
 	RemoteAddr net.Addr
 	LocalAddr  net.Addr
-	Helo       string               // after HELO/EHLO
-	TLS        *tls.ConnectionState // nil in plain text
-	AuthUser   string               // "" unless authenticated
-	Values     map[string]any       // per-session state a check keeps between stages
-	Now        func() time.Time     // the server's clock
-	Logger     *slog.Logger         // for checks that need to say more than their verdict
+	Helo       string // after HELO/EHLO
+	// PreGreet is set when the client sent something before our greeting (the server waited
+	// Options.GreetDelay for it): a real SMTP client waits for the banner, a spam bot often not.
+	PreGreet bool
+	// Trusted is set by the allowlist check for clients in its trusted networks (loopback by
+	// default): Postamt's own checks leave them alone, as Postfix does for mynetworks.
+	Trusted bool
+	// Allowlisted names the allowlist that vouches for the client ("list.dnswl.example");
+	// reputation checks (DNSBL, greylisting, pre-greet, rate limits) then skip it, sender
+	// authentication still runs.
+	Allowlisted string
+	TLS         *tls.ConnectionState // nil in plain text
+	AuthUser    string               // "" unless authenticated
+	Values      map[string]any       // per-session state a check keeps between stages; see IPRevKey
+	Now         func() time.Time     // the server's clock
+	Logger      *slog.Logger         // for checks that need to say more than their verdict
 }
+
+// IPRevKey is the Values entry where the FCrDNS check leaves its result ("pass", "fail",
+// "temperror") for the Authentication-Results header's iprev method (RFC 8601 §3).
+const IPRevKey = "iprev"
+
+// Exempt reports whether reputation checks should leave the client alone.
+func (c *Conn) Exempt() bool { return c.Trusted || c.Allowlisted != "" || c.AuthUser != "" }
 
 // Txn is the mail transaction being checked.
 type Txn struct {
@@ -105,6 +132,8 @@ type Txn struct {
 	Reason   string   // of that action
 	Headers  []string // to add at the top of the message
 	Outcomes []Outcome
+	// Overwrites collected at DATA, applied by the server before the headers are added.
+	Overwrites []Overwrite
 
 	pending []string // headers of earlier checks in the running stage, not yet in Headers
 }

@@ -17,12 +17,17 @@ type Failed struct {
 	RemoteMTA   string // the host that gave it, "" when it was our own verdict
 	Attempts    int
 	LastAttempt time.Time
+	// Relayed is set for a recipient in Bounce.Succeeded that was handed to a next hop without
+	// DSN support ("relayed"), clear for a final delivery here ("delivered").
+	Relayed bool
 }
 
 // Bounce is what the queue hands to Options.Bounce for a message with failed recipients.
 type Bounce struct {
 	Env    *mail.Envelope // the original envelope (Rcpts left empty)
 	Failed []Failed
+	// Succeeded are delivered recipients whose sender asked for NOTIFY=SUCCESS.
+	Succeeded []Failed
 	// Delayed marks a delay warning (RFC 3464 Action: delayed): the recipients in Failed are
 	// still being retried, and the message stays in the queue.
 	Delayed bool
@@ -87,7 +92,7 @@ func (q *Queue) warnDelayed(ctx context.Context) error {
 
 // recipients loads a message's recipients matching where (a fixed SQL condition).
 func (q *Queue) recipients(ctx context.Context, id, where string) ([]Failed, error) {
-	rows, err := q.rdb.QueryContext(ctx, `SELECT addr, orig, orcpt, notify, transport, next_hop, last_error, attempts, remote_mta
+	rows, err := q.rdb.QueryContext(ctx, `SELECT addr, orig, orcpt, notify, transport, next_hop, last_error, attempts, remote_mta, success
 		FROM rcpt WHERE msg_id = ? AND `+where+` ORDER BY idx`, id)
 	if err != nil {
 		return nil, err
@@ -96,9 +101,11 @@ func (q *Queue) recipients(ctx context.Context, id, where string) ([]Failed, err
 	var out []Failed
 	for rows.Next() {
 		var f Failed
-		if err := rows.Scan(&f.Addr, &f.Orig, &f.ORCPT, &f.Notify, &f.Route.Transport, &f.Route.NextHop, &f.LastError, &f.Attempts, &f.RemoteMTA); err != nil {
+		var success int
+		if err := rows.Scan(&f.Addr, &f.Orig, &f.ORCPT, &f.Notify, &f.Route.Transport, &f.Route.NextHop, &f.LastError, &f.Attempts, &f.RemoteMTA, &success); err != nil {
 			return nil, err
 		}
+		f.Relayed = success == successRelayed
 		f.LastAttempt = q.opts.Now()
 		out = append(out, f)
 	}
@@ -110,7 +117,11 @@ func (q *Queue) bounceOne(ctx context.Context, env *mail.Envelope) error {
 	if err != nil {
 		return err
 	}
-	b := &Bounce{Env: env, Failed: failed, Open: func() (io.ReadCloser, error) { return q.openBody(env) }}
+	succeeded, err := q.recipients(ctx, env.ID, `state = 1 AND success > 0`)
+	if err != nil {
+		return err
+	}
+	b := &Bounce{Env: env, Failed: failed, Succeeded: succeeded, Open: func() (io.ReadCloser, error) { return q.openBody(env) }}
 	if err := q.opts.Bounce(ctx, b); err != nil {
 		return err
 	}

@@ -175,8 +175,9 @@ func (s *stmts) prepare(db *sql.DB) error {
 	s.insBody = p(`INSERT INTO body (id, data) VALUES (?,?)`)
 	s.delBody = p(`DELETE FROM body WHERE id = ?`)
 	s.insRcpt = p(`INSERT INTO rcpt (msg_id, idx, addr, orig, orcpt, notify, transport, next_hop, state, next_attempt) VALUES (?,?,?,?,?,?,?,?,?,?)`)
-	s.updRcpt = p(`UPDATE rcpt SET state = ?, attempts = ?, next_attempt = ?, last_error = ?, remote_mta = ? WHERE msg_id = ? AND idx = ?`)
-	s.countState = p(`SELECT COUNT(*) FILTER (WHERE state = 0), COUNT(*) FILTER (WHERE state = 2) FROM rcpt WHERE msg_id = ?`)
+	s.updRcpt = p(`UPDATE rcpt SET state = ?, attempts = ?, next_attempt = ?, last_error = ?, remote_mta = ?, success = ? WHERE msg_id = ? AND idx = ?`)
+	// "Failed" here means "the sender is owed a report": a failure, or a requested success notice.
+	s.countState = p(`SELECT COUNT(*) FILTER (WHERE state = 0), COUNT(*) FILTER (WHERE state = 2 OR success > 0) FROM rcpt WHERE msg_id = ?`)
 	s.delRcpts = p(`DELETE FROM rcpt WHERE msg_id = ?`)
 	s.delMsg = p(`DELETE FROM msg WHERE id = ?`)
 	s.failMsg = p(`UPDATE msg SET state = 2 WHERE id = ?`)

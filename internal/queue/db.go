@@ -16,6 +16,13 @@ const (
 	stateFailed    = 2
 )
 
+// Success reports owed to senders who asked for NOTIFY=SUCCESS (RFC 3461 §6.2.2).
+const (
+	successNone      = 0
+	successDelivered = 1 // final delivery here (Maildir, LMTP)
+	successRelayed   = 2 // handed to a next hop without DSN support
+)
+
 const schema = `
 CREATE TABLE IF NOT EXISTS msg (
 	id       TEXT PRIMARY KEY,
@@ -53,6 +60,7 @@ CREATE TABLE IF NOT EXISTS rcpt (
 	last_error   TEXT NOT NULL DEFAULT '',
 	remote_mta   TEXT NOT NULL DEFAULT '', -- who gave last_error, for the DSN's Remote-MTA
 	warned       INTEGER NOT NULL DEFAULT 0, -- a delay DSN was sent
+	success      INTEGER NOT NULL DEFAULT 0, -- NOTIFY=SUCCESS report due: 1 delivered, 2 relayed
 	PRIMARY KEY (msg_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rcpt_due ON rcpt (state, next_attempt);
@@ -124,6 +132,7 @@ func migrate(db *sql.DB) error {
 	}
 	for _, c := range []struct{ table, column, ddl string }{
 		{"msg", "prefix", `ALTER TABLE msg ADD COLUMN prefix BLOB NOT NULL DEFAULT x''`},
+		{"rcpt", "success", `ALTER TABLE rcpt ADD COLUMN success INTEGER NOT NULL DEFAULT 0`},
 	} {
 		ok, err := has(c.table, c.column)
 		if err != nil {

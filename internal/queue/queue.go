@@ -37,6 +37,8 @@ type Options struct {
 	// DestinationLimit caps simultaneous deliveries to one remote destination (domain or relay
 	// host); 0 means 20, Postfix's default_destination_concurrency_limit.
 	DestinationLimit int
+	// RemoteLimit caps simultaneous deliveries to all remote destinations together; 0 means 100.
+	RemoteLimit int
 	// AttemptTimeout bounds one delivery attempt.
 	AttemptTimeout time.Duration
 	// ScanInterval is how often the scheduler looks for due retries.
@@ -75,10 +77,14 @@ type Queue struct {
 
 	work          chan *job
 	mu            sync.Mutex
-	inflight      map[string]int64   // rcptKey → busy, or a tombstone (see release)
-	active        map[mail.Route]int // deliveries running per limited route
-	turnedAway    atomic.Bool        // a job waited for a slot since the last unclaim
-	commitSeq     atomic.Int64       // transactions committed so far
+	inflight      map[string]int64      // rcptKey → busy, or a tombstone (see release)
+	active        map[mail.Route]int    // deliveries running per limited route
+	activeRemote  int                   // deliveries running on all limited routes
+	parked        map[mail.Route][]*job // jobs waiting for a slot, in arrival order
+	parkedN       int
+	stopping      bool
+	turnedAway    atomic.Bool  // a job waited for a slot since the last unclaim
+	commitSeq     atomic.Int64 // transactions committed so far
 	wg            sync.WaitGroup
 	stop          chan struct{}
 	kick          chan struct{}
@@ -120,6 +126,9 @@ func Open(opts Options) (*Queue, error) {
 	if opts.DestinationLimit <= 0 {
 		opts.DestinationLimit = 20
 	}
+	if opts.RemoteLimit <= 0 {
+		opts.RemoteLimit = 100
+	}
 	if opts.AttemptTimeout == 0 {
 		opts.AttemptTimeout = 10 * time.Minute
 	}
@@ -159,6 +168,7 @@ func Open(opts Options) (*Queue, error) {
 		kick:       make(chan struct{}, 1),
 		inflight:   map[string]int64{},
 		active:     map[mail.Route]int{},
+		parked:     map[mail.Route][]*job{},
 	}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	for _, t := range opts.Transports {
@@ -288,6 +298,9 @@ func (q *Queue) Close(ctx context.Context) error {
 	if q.closed.Swap(true) {
 		return nil
 	}
+	q.mu.Lock()
+	q.stopping = true // workers stop taking parked jobs; those stay pending in the database
+	q.mu.Unlock()
 	close(q.stop)
 	done := make(chan struct{})
 	go func() { q.wg.Wait(); close(done) }()

@@ -484,38 +484,56 @@ func (s *slowRemote) Deliver(ctx context.Context, msg *transport.Message, rcpts 
 	return make([]transport.Result, len(rcpts)), nil
 }
 
-// TestDestinationLimit: a backlog for one remote destination never has more than
-// DestinationLimit deliveries in flight, and still drains completely.
+// TestDestinationLimit: a backlog for remote destinations never has more deliveries in flight
+// than the per-destination limit or the global remote limit, and still drains completely.
 func TestDestinationLimit(t *testing.T) {
-	sr := &slowRemote{}
-	q, err := Open(Options{Dir: t.TempDir(), Transports: []transport.Transport{sr}, DestinationLimit: 3, Workers: 16,
-		ScanInterval: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q.Start()
-	defer q.Close(context.Background())
-	const n = 30
-	for i := 0; i < n; i++ {
-		w, _ := q.Create()
-		w.WriteString("Subject: x\r\n\r\ny\r\n")
-		env := &mail.Envelope{From: "a@b.test", Rcpts: []mail.Recipient{{Addr: "u@far.test", Route: mail.Route{Transport: "remote", NextHop: "far.test"}}}}
-		if err := q.Accept(context.Background(), env, w); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
-		sr.mu.Lock()
-		d := sr.delivered
-		sr.mu.Unlock()
-		if d == n {
-			break
-		}
-	}
-	sr.mu.Lock()
-	defer sr.mu.Unlock()
-	if sr.delivered != n || sr.peak > 3 || sr.peak < 2 {
-		t.Fatalf("delivered %d of %d, peak concurrency %d (limit 3)", sr.delivered, n, sr.peak)
+	for _, tc := range []struct {
+		name          string
+		dest, remote  int
+		domains, want int
+	}{
+		{"per destination", 3, 100, 1, 3},
+		{"all remote together", 20, 4, 5, 4},
+	} {
+		// No periodic scan: the backlog must drain by handing slots to parked jobs alone.
+		t.Run(tc.name, func(t *testing.T) {
+			sr := &slowRemote{}
+			q, err := Open(Options{Dir: t.TempDir(), Transports: []transport.Transport{sr}, DestinationLimit: tc.dest,
+				RemoteLimit: tc.remote, Workers: 16, ScanInterval: time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			q.Start()
+			defer q.Close(context.Background())
+			const n = 30
+			for i := 0; i < n; i++ {
+				w, _ := q.Create()
+				w.WriteString("Subject: x\r\n\r\ny\r\n")
+				d := fmt.Sprintf("far%d.test", i%tc.domains)
+				env := &mail.Envelope{From: "a@b.test", Rcpts: []mail.Recipient{{Addr: "u@" + d, Route: mail.Route{Transport: "remote", NextHop: d}}}}
+				if err := q.Accept(context.Background(), env, w); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+				sr.mu.Lock()
+				d := sr.delivered
+				sr.mu.Unlock()
+				if d == n {
+					break
+				}
+			}
+			sr.mu.Lock()
+			defer sr.mu.Unlock()
+			if sr.delivered != n || sr.peak > tc.want || sr.peak < tc.want-1 {
+				t.Fatalf("delivered %d of %d, peak concurrency %d (limit %d)", sr.delivered, n, sr.peak, tc.want)
+			}
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			if q.parkedN != 0 || len(q.parked) != 0 || q.activeRemote != 0 {
+				t.Errorf("left over: %d parked, %d active", q.parkedN, q.activeRemote)
+			}
+		})
 	}
 }
 

@@ -20,15 +20,32 @@ type Router struct {
 	catchAll  map[string]string   // ASCII domain → target
 	plusSep   string
 	transport string
-	relayHost string            // "[host]:port" for all remote mail, or ""
-	nextHops  map[string]string // ASCII domain → "[host]:port" (the transport map)
+	relayHost string                // "[host]:port" for all remote mail, or ""
+	nextHops  map[string]mail.Route // ASCII domain → route template (the transport map)
+}
+
+// TransportMapRoute reads a transport map value: "[host]:port" or "smtp:[host]:port" (SMTP to
+// that server, no MX lookup), "lmtp:host:port" or "lmtp:unix:/path" (LMTP, a transport of its
+// own named after the address). ok is false for anything else.
+func TransportMapRoute(v string) (r mail.Route, ok bool) {
+	if addr, found := strings.CutPrefix(v, "lmtp:"); found {
+		if addr == "" || addr == "unix:" {
+			return r, false
+		}
+		return mail.Route{Transport: "lmtp:" + addr}, true
+	}
+	hop := strings.TrimPrefix(v, "smtp:")
+	if host, port, ok := mail.SplitNextHop(hop); !ok || host == "" || port < 1 || port > 65535 {
+		return r, false
+	}
+	return mail.Route{Transport: "remote", NextHop: hop}, true
 }
 
 // New builds a Router from validated configuration sections.
 func New(c config.Local, out config.Outbound) *Router {
 	r := &Router{
 		relayHost: out.RelayHost,
-		nextHops:  map[string]string{},
+		nextHops:  map[string]mail.Route{},
 		domains:   map[string]bool{},
 		mailboxes: map[string]string{},
 		aliases:   map[string][]string{},
@@ -56,17 +73,23 @@ func New(c config.Local, out config.Outbound) *Router {
 	for d, to := range c.CatchAll {
 		r.catchAll[strings.ToLower(d)] = to
 	}
-	for d, hop := range out.Transports {
-		r.nextHops[smtp.Address{Domain: d}.ASCIIDomain()] = hop
+	for d, v := range out.Transports {
+		if rt, ok := TransportMapRoute(v); ok {
+			r.nextHops[smtp.Address{Domain: d}.ASCIIDomain()] = rt
+		}
 	}
 	return r
 }
 
 // remoteRoute is the one place that decides how mail for another domain leaves: the transport
-// map first, then the relay host (smarthost), else the domain's MX.
-func (r *Router) remoteRoute(domain string) mail.Route {
-	if hop, ok := r.nextHops[domain]; ok {
-		return mail.Route{Transport: "remote", NextHop: hop}
+// map first, then the relay host (smarthost), else the domain's MX. addr is the recipient, which
+// an LMTP route delivers to.
+func (r *Router) remoteRoute(domain, addr string) mail.Route {
+	if rt, ok := r.nextHops[domain]; ok {
+		if rt.NextHop == "" {
+			rt.NextHop = addr
+		}
+		return rt
 	}
 	if r.relayHost != "" {
 		return mail.Route{Transport: "remote", NextHop: r.relayHost}
@@ -126,7 +149,7 @@ func (r *Router) Resolve(p smtp.Path, authenticated bool) ([]mail.Recipient, *sm
 		if !authenticated {
 			return nil, errRelayDenied
 		}
-		return []mail.Recipient{{Addr: orig, Orig: orig, Route: r.remoteRoute(a.ASCIIDomain())}}, nil
+		return []mail.Recipient{{Addr: orig, Orig: orig, Route: r.remoteRoute(a.ASCIIDomain(), orig)}}, nil
 	}
 	// The percent hack (user%other@us), bang paths (other!user@us) and quoted local parts that
 	// hide an address ("user@other"@us) were all once ways to make a server relay. A local part
@@ -191,7 +214,7 @@ func (r *Router) expandTargets(targets []string, depth int) ([]mail.Recipient, *
 			continue // Validate refused these; be defensive.
 		}
 		if !r.IsLocal(a.Domain) {
-			out = append(out, mail.Recipient{Addr: t, Route: r.remoteRoute(a.ASCIIDomain())})
+			out = append(out, mail.Recipient{Addr: t, Route: r.remoteRoute(a.ASCIIDomain(), t)})
 			continue
 		}
 		rc, reply := r.expand(a.Local, a.ASCIIDomain(), depth+1)
@@ -211,6 +234,17 @@ func (r *Router) expandTargets(targets []string, depth int) ([]mail.Recipient, *
 	return out, nil
 }
 
+// localRcpt routes a mailbox of a local domain: by the local transport, unless the transport
+// map sends the domain elsewhere (another LMTP server, an internal SMTP server). The map only
+// says how; which addresses exist is still decided by mailboxes, aliases and catch-alls.
 func (r *Router) localRcpt(mailbox string) mail.Recipient {
+	if _, domain, ok := strings.Cut(mailbox, "@"); ok {
+		if rt, ok := r.nextHops[domain]; ok {
+			if rt.NextHop == "" {
+				rt.NextHop = mailbox
+			}
+			return mail.Recipient{Addr: mailbox, Route: rt}
+		}
+	}
 	return mail.Recipient{Addr: mailbox, Route: mail.Route{Transport: r.transport, NextHop: mailbox}}
 }

@@ -106,3 +106,45 @@ func TestRelayHost(t *testing.T) {
 		t.Fatalf("%v %+v", reply, rcpts)
 	}
 }
+
+// The transport map says how a domain's mail leaves; for a local domain, which addresses exist
+// is still the mailboxes' and aliases' business.
+func TestTransportMapForLocalDomains(t *testing.T) {
+	r := New(config.Local{Domains: []string{"example.test", "example.org", "corp.test"}, Transport: "maildir",
+		Mailboxes: []string{"a@example.test", "b@example.org", "c@corp.test"},
+		Aliases:   map[string][]string{"team@example.test": {"b@example.org", "c@corp.test", "d@far.test"}}},
+		config.Outbound{Transports: map[string]string{
+			"example.org": "lmtp:unix:/run/dovecot/lmtp", "corp.test": "smtp:[10.0.0.5]:25", "far.test": "lmtp:10.0.0.9:24"}})
+	for _, tc := range []struct {
+		path, want string
+		auth       bool
+		code       int
+	}{
+		{path: "<a@example.test>", want: "a@example.test>maildir:a@example.test"},
+		{path: "<b@example.org>", want: "b@example.org>lmtp:unix:/run/dovecot/lmtp:b@example.org"},
+		{path: "<c@corp.test>", want: "c@corp.test>remote:[10.0.0.5]:25"},
+		{path: "<nobody@example.org>", code: 550},
+		{path: "<x@far.test>", code: 554},                                                  // the map does not open a relay
+		{path: "<x@far.test>", auth: true, want: "x@far.test>lmtp:10.0.0.9:24:x@far.test"}, // but authenticated users use it
+		{path: "<team@example.test>", want: "b@example.org>lmtp:unix:/run/dovecot/lmtp:b@example.org c@corp.test>remote:[10.0.0.5]:25 d@far.test>lmtp:10.0.0.9:24:d@far.test"},
+	} {
+		p, _, err := smtp.ParsePath(tc.path, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rcpts, reply := r.Resolve(p, tc.auth)
+		if tc.code != 0 {
+			if reply == nil || reply.Code != tc.code {
+				t.Errorf("%s: reply %v, want %d", tc.path, reply, tc.code)
+			}
+			continue
+		}
+		var got []string
+		for _, rc := range rcpts {
+			got = append(got, rc.Addr+">"+rc.Route.Transport+":"+rc.Route.NextHop)
+		}
+		if reply != nil || strings.Join(got, " ") != tc.want {
+			t.Errorf("%s: %v %q, want %q", tc.path, reply, strings.Join(got, " "), tc.want)
+		}
+	}
+}

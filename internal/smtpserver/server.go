@@ -98,6 +98,9 @@ type Options struct {
 	// HideClientIP leaves the client's address and HELO name out of our Received header, so a
 	// submitted message does not tell its recipients where its author was.
 	HideClientIP bool
+	// GreetDelay, when > 0, holds the greeting back that long and notes a client that talks
+	// first (policy.Conn.PreGreet), as Postfix's postscreen does; connection checks decide.
+	GreetDelay time.Duration
 	// CommitLatency, when set, is told how long each accepted message took from the end of its
 	// data to the queue's durable commit (the wait before the 250), for metrics.
 	CommitLatency func(time.Duration)

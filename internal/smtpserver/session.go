@@ -45,6 +45,8 @@ type session struct {
 	tx     *txn
 	pc     *policy.Conn // what checks see of this session
 	inAuth bool         // reading SASL responses, which may be longer than commands
+	// Outcomes of the connect and (last) HELO checks, for each message's log line.
+	connOut, heloOut []policy.Outcome
 }
 
 // authLineMax is RFC 4954 §4's limit for AUTH command and response lines, CRLF included.
@@ -172,7 +174,14 @@ func (s *session) serve() {
 		s.flush()
 		return
 	}
-	if r := s.srv.opts.Policy.Conn(s.ctx, s.pc); r.Refused() {
+	if d := s.srv.opts.GreetDelay; d > 0 {
+		if !s.waitGreet(d) {
+			return
+		}
+	}
+	r := s.srv.opts.Policy.Conn(s.ctx, s.pc)
+	s.connOut = r.Outcomes
+	if r.Refused() {
 		// RFC 5321 §3.1 allows 554 instead of the greeting; we close at once rather than wait
 		// for a QUIT from a client we do not want.
 		code := 554
@@ -218,6 +227,32 @@ func (s *session) serve() {
 		}
 	}
 	s.flush()
+}
+
+// checksSummary is the outcome of every check that saw a message: the session's connect and
+// HELO checks, then the transaction's.
+func (s *session) checksSummary(t []policy.Outcome) string {
+	all := make([]policy.Outcome, 0, len(s.connOut)+len(s.heloOut)+len(t))
+	return policy.Summary(append(append(append(all, s.connOut...), s.heloOut...), t...))
+}
+
+// waitGreet waits up to d before the greeting and records whether the client sent anything
+// meanwhile. What it sent stays buffered: a check refuses such a client, or, if none does, the
+// commands are answered as usual. It returns false when the client has gone.
+func (s *session) waitGreet(d time.Duration) bool {
+	s.conn.SetReadDeadline(time.Now().Add(d))
+	_, err := s.r.Peek(1)
+	s.conn.SetReadDeadline(time.Time{})
+	var ne net.Error
+	switch {
+	case err == nil:
+		s.pc.PreGreet = true
+	case errors.As(err, &ne) && ne.Timeout():
+	default:
+		s.end = "disconnected before greeting"
+		return false
+	}
+	return true
 }
 
 // readFailed ends the session after a read error: a timeout gets its 421 (RFC 5321 §4.5.3.2),
@@ -299,7 +334,8 @@ func (s *session) cmdHello(args string, ehlo bool) {
 	}
 	s.abortTx()
 	s.pc.Helo = sanitize(args, 255)
-	if r := s.srv.opts.Policy.Helo(s.ctx, s.pc); r.Refused() {
+	r := s.srv.opts.Policy.Helo(s.ctx, s.pc)
+	if r.Refused() {
 		s.pc.Helo = s.helo
 		s.srv.log.Info("HELO refused by policy", "session", s.id, "client", s.ip.String(), "helo", sanitize(args, 255),
 			"checks", policy.Summary(r.Outcomes), "reply", r.Reply.Line())
@@ -307,6 +343,7 @@ func (s *session) cmdHello(args string, ehlo bool) {
 		return
 	}
 	s.helo = s.pc.Helo
+	s.heloOut = r.Outcomes
 	s.esmtp = ehlo
 	host := s.srv.opts.Hostname
 	if !ehlo {

@@ -245,8 +245,18 @@ func (s *session) finishBody(w *spool.Writer, sink *dataSink) {
 		r := s.srv.opts.Policy.Data(s.ctx, pt, spooled{w})
 		if r.Refused() {
 			reply = r.Reply
-		} else if len(pt.Headers) > 0 {
-			w.Prepend([]byte(strings.Join(pt.Headers, "\r\n") + "\r\n"))
+		} else {
+			// Overwrites are offsets into the body as the checks read it, so they go first.
+			for _, o := range pt.Overwrites {
+				if err := w.Overwrite(o.Offset, o.Data); err != nil {
+					s.srv.log.Error("cannot edit the message as a check asked", "session", s.id, "id", w.ID(), "err", err)
+					reply = smtp.ReplyFor(err, w.ID())
+					break
+				}
+			}
+			if reply == nil && len(pt.Headers) > 0 {
+				w.Prepend([]byte(strings.Join(pt.Headers, "\r\n") + "\r\n"))
+			}
 		}
 	}
 	if reply != nil {
@@ -254,7 +264,7 @@ func (s *session) finishBody(w *spool.Writer, sink *dataSink) {
 		s.rejected++
 		s.srv.Stats.Rejected.Add(1)
 		s.srv.log.Info("message rejected", "session", s.id, "client", s.ip.String(), "from", tx.from.String(), "reply", reply.Line(),
-			"checks", policy.Summary(pt.Outcomes))
+			"checks", s.checksSummary(pt.Outcomes))
 		s.reply(reply)
 		return
 	}
@@ -284,8 +294,8 @@ func (s *session) finishBody(w *spool.Writer, sink *dataSink) {
 	}
 	attrs := []any{"session", s.id, "id", env.ID, "client", s.ip.String(), "from", tx.from.String(),
 		"rcpts", len(env.Rcpts), "size", env.Size, "commit", time.Since(start).Round(time.Microsecond)}
-	if len(pt.Outcomes) > 0 {
-		attrs = append(attrs, "checks", policy.Summary(pt.Outcomes))
+	if sum := s.checksSummary(pt.Outcomes); sum != "" {
+		attrs = append(attrs, "checks", sum)
 	}
 	if env.Quarantine != "" {
 		attrs = append(attrs, "quarantine", env.Quarantine)

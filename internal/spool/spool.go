@@ -306,6 +306,39 @@ func (w *Writer) Prepend(p []byte) {
 	w.prefix = append(append([]byte(nil), p...), w.prefix...)
 }
 
+// Overwrite replaces len(p) bytes at off, counted as Reader reads the body, before Commit.
+// Only same-length edits are possible: a spilled body is patched in its file, not rewritten.
+func (w *Writer) Overwrite(off int64, p []byte) error {
+	if w.err != nil {
+		return w.err
+	}
+	if off < 0 || off+int64(len(p)) > w.n {
+		return fmt.Errorf("spool: overwrite of %d bytes at %d outside a body of %d", len(p), off, w.n)
+	}
+	if w.f == nil {
+		copy(w.buf[off:], p)
+		return nil
+	}
+	np := int64(len(w.prefix))
+	if off < np {
+		return fmt.Errorf("spool: overwrite inside the prefix is not supported")
+	}
+	off -= np
+	wa, ok := w.f.(io.WriterAt)
+	if !ok {
+		return fmt.Errorf("spool: the spool file cannot be patched")
+	}
+	if err := w.bw.Flush(); err != nil {
+		w.err = classify("write", err)
+		return w.err
+	}
+	if _, err := wa.WriteAt(p, off); err != nil {
+		w.err = classify("write", err)
+		return w.err
+	}
+	return nil
+}
+
 // Prefix is what Prepend kept apart from a spilled body; nil for inline bodies.
 func (w *Writer) Prefix() []byte { return w.prefix }
 

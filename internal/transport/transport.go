@@ -20,6 +20,8 @@ type Message struct {
 	ReceivedAt time.Time
 	SMTPUTF8   bool
 	Body8Bit   bool
+	Ret        string // RFC 3461 RET= to pass on: FULL, HDRS or ""
+	EnvID      string // RFC 3461 ENVID= to pass on (decoded)
 	// Open returns a fresh reader over the stored body (headers we added on the way in included).
 	Open func() (io.ReadCloser, error)
 }
@@ -31,6 +33,9 @@ type Result struct {
 	Reply     *smtp.Reply
 	RemoteMTA string // who answered, for logs and the DSN Remote-MTA field
 	TLS       string // the TLS outcome for logs: "none", or version and cipher
+	// Relayed says the recipient was handed to a next hop that does not support DSN, so a
+	// sender who asked for NOTIFY=SUCCESS gets a "relayed" notice from us (RFC 3461 §6.2.2).
+	Relayed bool
 }
 
 // Transport delivers messages.

@@ -2,7 +2,10 @@ package dnstest
 
 import (
 	"context"
+	"encoding/hex"
 	"net"
+	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,6 +23,15 @@ func Server(t testing.TB, z *Zone) string {
 		m.Authoritative = true
 		for _, q := range req.Question {
 			answer(z, m, q)
+			// Like a validating resolver: AD only for secure data, and only to a client that
+			// shows it understands DNSSEC (RFC 6840 §5.7).
+			opt := req.IsEdns0()
+			if z.Secure[norm(q.Name)] && m.Rcode != mdns.RcodeServerFailure && (req.AuthenticatedData || opt != nil && opt.Do()) {
+				m.AuthenticatedData = true
+			}
+		}
+		if opt := req.IsEdns0(); opt != nil {
+			m.SetEdns0(opt.UDPSize(), opt.Do())
 		}
 		w.WriteMsg(m)
 	})
@@ -82,7 +94,28 @@ func answer(z *Zone, m *mdns.Msg, q mdns.Question) {
 		known = true
 		if q.Qtype == mdns.TypeTXT {
 			for _, s := range txts {
-				m.Answer = append(m.Answer, &mdns.TXT{Hdr: hdr(mdns.TypeTXT), Txt: splitTXT(s)})
+				m.Answer = append(m.Answer, &mdns.TXT{Hdr: hdr(mdns.TypeTXT), Txt: chunks(s)})
+			}
+		}
+	}
+	if q.Qtype == mdns.TypePTR {
+		// Zone.PTR is keyed by address, as LookupAddr is called; the wire asks for the
+		// in-addr.arpa or ip6.arpa name.
+		if addr, ok := fromReverse(name); ok {
+			if names, ok := z.PTR[addr]; ok {
+				known = true
+				for _, n := range names {
+					m.Answer = append(m.Answer, &mdns.PTR{Hdr: hdr(mdns.TypePTR), Ptr: mdns.Fqdn(n)})
+				}
+			}
+		}
+	}
+	if recs, ok := z.TLSA[name]; ok {
+		known = true
+		if q.Qtype == mdns.TypeTLSA {
+			for _, r := range recs {
+				m.Answer = append(m.Answer, &mdns.TLSA{Hdr: hdr(mdns.TypeTLSA), Usage: r.Usage, Selector: r.Selector,
+					MatchingType: r.MatchingType, Certificate: hex.EncodeToString(r.Data)})
 			}
 		}
 	}
@@ -91,13 +124,42 @@ func answer(z *Zone, m *mdns.Msg, q mdns.Question) {
 	}
 }
 
-// splitTXT cuts a record into the 255-byte strings a TXT RR is made of (a record that long, such
-// as an RSA-2048 DKIM key, cannot be packed as one string); resolvers join them again.
-func splitTXT(s string) []string {
-	var parts []string
+// fromReverse turns "4.3.2.1.in-addr.arpa" into "1.2.3.4" (and nibbles under ip6.arpa into
+// the IPv6 address).
+func fromReverse(name string) (string, bool) {
+	if v4, ok := strings.CutSuffix(name, ".in-addr.arpa"); ok {
+		p := strings.Split(v4, ".")
+		if len(p) != 4 {
+			return "", false
+		}
+		a, err := netip.ParseAddr(p[3] + "." + p[2] + "." + p[1] + "." + p[0])
+		return a.String(), err == nil
+	}
+	if v6, ok := strings.CutSuffix(name, ".ip6.arpa"); ok {
+		p := strings.Split(v6, ".")
+		if len(p) != 32 {
+			return "", false
+		}
+		var b strings.Builder
+		for i := 31; i >= 0; i-- {
+			b.WriteString(p[i])
+			if i%4 == 0 && i > 0 {
+				b.WriteByte(':')
+			}
+		}
+		a, err := netip.ParseAddr(b.String())
+		return a.String(), err == nil
+	}
+	return "", false
+}
+
+// chunks splits a TXT value into the 255-octet character-strings of RFC 1035 §3.3.14; a DKIM
+// RSA key does not fit in one. Resolvers join them again.
+func chunks(s string) []string {
+	var out []string
 	for len(s) > 255 {
-		parts = append(parts, s[:255])
+		out = append(out, s[:255])
 		s = s[255:]
 	}
-	return append(parts, s)
+	return append(out, s)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/postamt/postamt/internal/dns"
@@ -16,6 +17,8 @@ func TestServerThroughSystemResolver(t *testing.T) {
 		MX:   map[string][]*net.MX{"remote.test": {{Host: "mx.remote.test.", Pref: 10}}, "null.test": {{Host: ".", Pref: 0}}},
 		A:    map[string][]netip.Addr{"mx.remote.test": {netip.MustParseAddr("127.0.0.1")}},
 		Fail: map[string]bool{"broken.test": true},
+		TXT:  map[string][]string{"remote.test": {"v=spf1 -all"}, "long.test": {strings.Repeat("k", 600)}},
+		PTR:  map[string][]string{"127.0.0.9": {"mx.remote.test."}, "2001:db8::1": {"v6.remote.test."}},
 	}
 	r := dns.System([]string{Server(t, z)})
 	ctx := context.Background()
@@ -32,6 +35,20 @@ func TestServerThroughSystemResolver(t *testing.T) {
 	}
 	if _, err := r.LookupMX(ctx, "nxdomain.test"); !dns.IsNotFound(err) {
 		t.Fatalf("NXDOMAIN: %v", err)
+	}
+	if txt, err := r.LookupTXT(ctx, "remote.test"); err != nil || len(txt) != 1 || txt[0] != "v=spf1 -all" {
+		t.Fatalf("TXT: %v %v", txt, err)
+	}
+	if txt, err := r.LookupTXT(ctx, "long.test"); err != nil || len(txt) != 1 || txt[0] != strings.Repeat("k", 600) {
+		t.Fatalf("long TXT: %v %v", txt, err)
+	}
+	for addr, want := range map[string]string{"127.0.0.9": "mx.remote.test.", "2001:db8::1": "v6.remote.test."} {
+		if names, err := r.LookupAddr(ctx, addr); err != nil || len(names) != 1 || names[0] != want {
+			t.Fatalf("PTR %s: %v %v", addr, names, err)
+		}
+	}
+	if _, err := r.LookupAddr(ctx, "192.0.2.1"); !dns.IsNotFound(err) {
+		t.Fatalf("missing PTR: %v", err)
 	}
 	var de *net.DNSError
 	if _, err := r.LookupMX(ctx, "broken.test"); err == nil || !asDNS(err, &de) || !de.IsTemporary {

@@ -16,6 +16,17 @@ type Zone struct {
 	TXT  map[string][]string
 	PTR  map[string][]string
 	Fail map[string]bool // names whose every lookup fails temporarily (SERVFAIL)
+	// TLSA records by owner name ("_25._tcp.mx.example.test"); served by Server only.
+	TLSA map[string][]TLSA
+	// Secure marks names whose answers (records or denial) Server flags as DNSSEC-authenticated
+	// (AD bit), as a validating resolver would, when the query asks for DNSSEC (DO or AD bit).
+	Secure map[string]bool
+}
+
+// TLSA is one TLSA record (RFC 6698).
+type TLSA struct {
+	Usage, Selector, MatchingType uint8
+	Data                          []byte
 }
 
 func norm(name string) string { return strings.TrimSuffix(strings.ToLower(name), ".") }

@@ -23,9 +23,17 @@ type Transport struct {
 	Address  string
 	Hostname string // our name in LHLO
 	Timeout  time.Duration
+	// Label is the transport's name in routes; "" means "lmtp" (the local transport). A
+	// transport-map entry gets "lmtp:" + its address.
+	Label string
 }
 
-func (t *Transport) Name() string { return "lmtp" }
+func (t *Transport) Name() string {
+	if t.Label != "" {
+		return t.Label
+	}
+	return "lmtp"
+}
 
 func (t *Transport) dial(ctx context.Context) (net.Conn, error) {
 	d := net.Dialer{Timeout: 30 * time.Second}

@@ -27,6 +27,12 @@ type peer struct {
 	tls   bool
 	from  string
 	notif []gosmtp.DSNNotify
+	opts  gosmtp.MailOptions
+	// sessions counts connections; user is who authenticated (when auth is set).
+	sessions int
+	conns    map[string]bool
+	auth     map[string]string // username → password; nil: no AUTH offered
+	user     string
 }
 
 type peerSession struct {
@@ -36,12 +42,31 @@ type peerSession struct {
 }
 
 func (p *peer) NewSession(c *gosmtp.Conn) (gosmtp.Session, error) {
+	p.mu.Lock()
+	// go-smtp starts a new session after STARTTLS: count connections, not sessions.
+	if p.conns == nil {
+		p.conns = map[string]bool{}
+	}
+	if a := c.Conn().RemoteAddr().String(); !p.conns[a] {
+		p.conns[a] = true
+		p.sessions++
+	}
+	p.mu.Unlock()
+	if p.auth != nil {
+		return &authSession{peerSession{p: p, c: c}}, nil
+	}
 	return &peerSession{p: p, c: c}, nil
 }
-func (s *peerSession) Mail(from string, _ *gosmtp.MailOptions) error {
+func (s *peerSession) Mail(from string, o *gosmtp.MailOptions) error {
 	s.p.mu.Lock()
 	defer s.p.mu.Unlock()
+	if s.p.auth != nil && s.p.user == "" {
+		return &gosmtp.SMTPError{Code: 530, EnhancedCode: gosmtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
+	}
 	s.p.from, s.p.helo = from, s.c.Hostname()
+	if o != nil {
+		s.p.opts = *o
+	}
 	_, s.p.tls = s.c.TLSConnectionState()
 	return nil
 }
