@@ -6,12 +6,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/postamt/postamt/internal/dns/dnstest"
 )
 
 // submissionServer is a Postamt with both submission listeners, DKIM keys for example.test
@@ -31,7 +35,7 @@ const (
 
 var zoneLineRe = regexp.MustCompile(`(?m)^(\S+)\. IN TXT \( (.*) \)$`)
 
-func startSubmission(t *testing.T) *submissionServer {
+func startSubmission(t *testing.T, extra ...string) *submissionServer {
 	t.Helper()
 	bin := postamtBinary(t)
 	keyDir := filepath.Join(t.TempDir(), "dkim")
@@ -67,7 +71,8 @@ key_dir = %s
 
 [dkim.domains."example.test"]
 selectors = ["rsa1", "ed1"]
-`, tomlString(fmt.Sprintf("127.0.0.1:%d", s.Port)), tomlString(fmt.Sprintf("127.0.0.1:%d", s.PortTLS)), tomlString(keyDir)),
+`, tomlString(fmt.Sprintf("127.0.0.1:%d", s.Port)), tomlString(fmt.Sprintf("127.0.0.1:%d", s.PortTLS)), tomlString(keyDir)) +
+			strings.Join(extra, "\n"),
 	})
 	s.ConfigPath = filepath.Join(filepath.Dir(s.DataDir), "postamt.toml")
 	waitForPort(t, fmt.Sprintf("127.0.0.1:%d", s.Port))
@@ -380,4 +385,46 @@ func TestSubmissionMsmtp(t *testing.T) {
 			t.Errorf("exit %d, want a 535 5.7.8", res.ExitCode)
 		}
 	})
+}
+
+// TestSubmissionLeavesSigned: what a user submits for another domain leaves Postamt signed and
+// arrives so at that domain's MX — a real Postfix found through the test's DNS — where dkimpy
+// verifies both signatures on Postfix's stored copy.
+func TestSubmissionLeavesSigned(t *testing.T) {
+	requireTool(t, "swaks")
+	uid, gid := lookupUser(t, "nobody")
+	pf := startPostfixWith(t, "mx.remote.test", "", fmt.Sprintf(`
+virtual_mailbox_domains = remote.test
+virtual_mailbox_maps = inline:{ dora@remote.test=remote.test/dora/ }
+virtual_mailbox_base = %%[1]s/vmail
+virtual_uid_maps = static:%[1]d
+virtual_gid_maps = static:%[2]d
+virtual_minimum_uid = 1
+`, uid, gid), "virtual   unix  -       n       n       -       -       virtual\n")
+	vmail := filepath.Join(pf.Dir, "vmail")
+	if err := os.MkdirAll(vmail, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(vmail, uid, gid)
+	dnsAddr := dnstest.Server(t, &dnstest.Zone{
+		MX: map[string][]*net.MX{"remote.test": {{Host: "mx.remote.test.", Pref: 10}}},
+		A:  map[string][]netip.Addr{"mx.remote.test": {netip.MustParseAddr("127.0.0.1")}},
+	})
+	s := startSubmission(t, fmt.Sprintf("\n[outbound]\nport = %d\ndns_servers = [%q]\n", pf.Port, dnsAddr))
+	marker := "signed on the way out"
+	res := swaks(t, s.Host, s.Port, "--tls", "--auth", "PLAIN", "--auth-user", bobAddr, "--auth-password", bobPass,
+		"--from", bobAddr, "--to", "dora@remote.test", "--header", "Subject: "+marker, "--header", "From: Bob <bob@example.test>",
+		"--body", marker+"\nÄrger mit Umlauten\n\n\n")
+	if !strings.HasPrefix(swaksDataReply(res.Output), "250 2.0.0") {
+		t.Fatalf("swaks: %q", swaksDataReply(res.Output))
+	}
+	m := findMessage(t, filepath.Join(vmail, "remote.test", "dora", "new"), marker)
+	if !strings.Contains(m.Raw, "by mail.example.test (Postamt) with ESMTPSA id") {
+		t.Errorf("Postfix's copy lacks Postamt's submission Received header:\n%s", m.Raw)
+	}
+	algos := strings.Join(s.dkimVerify(t, m), " ")
+	if !strings.Contains(algos, "rsa-sha256") || !strings.Contains(algos, "ed25519-sha256") {
+		t.Errorf("verified at the receiving MX: %q, want rsa-sha256 and ed25519-sha256", algos)
+	}
+	s.waitForLog(t, mustRe(`msg=delivery `), mustRe(`\bto=dora@remote\.test\b`), mustRe(`\bstatus=sent\b`))
 }
