@@ -106,6 +106,16 @@ func (g *Guard) Fail(ip netip.Addr, user string) (delay time.Duration, locked bo
 	if len(g.entries) >= maxGuardEntries {
 		g.prune(now)
 	}
+	// Still full (a distributed attack with fresh names and addresses): forget arbitrary
+	// entries that are not locked rather than grow without bound.
+	for k, e := range g.entries {
+		if len(g.entries) < maxGuardEntries {
+			break
+		}
+		if !now.Before(e.lockedUntil) {
+			delete(g.entries, k)
+		}
+	}
 	n := 0
 	for _, k := range []struct {
 		key string

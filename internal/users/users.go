@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -91,6 +92,7 @@ type Store struct {
 	dummy     string // a hash compared for unknown users so their timing matches a wrong password
 	secret    []byte // keys made-up SCRAM salts
 	scramIter int
+	sem       chan struct{} // see acquire
 }
 
 // Open opens (creating if needed) the database at path.
@@ -108,7 +110,7 @@ func OpenWith(path string, p Params) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("users: %s: %w", path, err)
 	}
-	s := &Store{db: db, params: p, scramIter: p.ScramIterations}
+	s := &Store{db: db, params: p, scramIter: p.ScramIterations, sem: make(chan struct{}, max(2, runtime.NumCPU()))}
 	if s.scramIter < 4096 {
 		s.scramIter = scram.DefaultIterations
 	}
@@ -363,16 +365,42 @@ func (s *Store) Authenticate(ctx context.Context, name, password string) (string
 	err := s.db.QueryRowContext(ctx, `SELECT hash FROM user WHERE name = ?`, name).Scan(&h)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
+		if err := s.acquire(ctx); err != nil {
+			return "", err
+		}
 		verify(s.dummy, password)
+		s.release()
 		return "", ErrInvalid
 	case err != nil:
 		return "", err
 	}
-	if s.tokenMatches(ctx, name, password) || verify(h, password) {
+	if s.tokenMatches(ctx, name, password) {
+		return name, nil
+	}
+	if err := s.acquire(ctx); err != nil {
+		return "", err
+	}
+	ok := verify(h, password)
+	s.release()
+	if ok {
 		return name, nil
 	}
 	return "", ErrInvalid
 }
+
+// acquire bounds the argon2id computations running at once: each takes Params.Memory, so a
+// flood of AUTH attempts on many connections would otherwise take memory without limit. Waiters
+// queue (bounded by ctx), which also slows a guesser down.
+func (s *Store) acquire(ctx context.Context) error {
+	select {
+	case s.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Store) release() { <-s.sem }
 
 func tokenHash(token string) string {
 	sum := sha256.Sum256([]byte(token))

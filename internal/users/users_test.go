@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postamt/postamt/internal/scram"
 	"github.com/postamt/postamt/internal/smtp"
@@ -227,5 +228,24 @@ func TestScramCredentials(t *testing.T) {
 	u2, _, _ := s.ScramCredentials(ctx, "mallory@example.org")
 	if err != nil || found || len(u1.Salt) != 16 || string(u1.Salt) != string(u2.Salt) || u1.Iter != c.Iter {
 		t.Errorf("unknown user: %+v found=%v err=%v", u1, found, err)
+	}
+}
+
+// Password checks beyond the concurrency bound wait (and give up with the caller's context)
+// instead of each taking argon2id's memory at once.
+func TestHashConcurrencyBound(t *testing.T) {
+	s := openTest(t)
+	s.Add(context.Background(), "alice@example.org", "alice password", nil)
+	for range cap(s.sem) {
+		s.sem <- struct{}{}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := s.Authenticate(ctx, "alice@example.org", "alice password"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("with every slot taken: %v, want a deadline error", err)
+	}
+	<-s.sem
+	if _, err := s.Authenticate(context.Background(), "alice@example.org", "alice password"); err != nil {
+		t.Errorf("with a slot free: %v", err)
 	}
 }
