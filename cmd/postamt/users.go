@@ -248,7 +248,7 @@ func dkimCmd() *cobra.Command {
 			}
 			domain := strings.ToLower(strings.TrimSuffix(args[0], "."))
 			if selector == "" {
-				selector = algo + time.Now().UTC().Format("2006")
+				selector = strings.TrimSuffix(algo, "25519") + time.Now().UTC().Format("2006") // rsa2026, ed2026
 			}
 			key, err := mailauth.GenerateDKIMKey(algo)
 			if err != nil {
@@ -270,7 +270,7 @@ func dkimCmd() *cobra.Command {
 			return nil
 		},
 	}
-	keygen.Flags().StringVar(&selector, "selector", "", "selector (default: ALGO and the year, e.g. ed255192026)")
+	keygen.Flags().StringVar(&selector, "selector", "", "selector (default: rsa or ed and the year, e.g. rsa2026, ed2026)")
 	keygen.Flags().StringVar(&algo, "algo", "rsa", "key algorithm: rsa (2048 bits) or ed25519")
 	check := &cobra.Command{
 		Use:   "check DOMAIN",

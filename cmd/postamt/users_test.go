@@ -146,3 +146,16 @@ func TestDKIMKeygenAndCheck(t *testing.T) {
 		t.Fatalf("check with a wrong record: %v\n%s", err, out)
 	}
 }
+
+func TestDKIMKeygenDefaultSelector(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "c.toml")
+	os.WriteFile(cfg, []byte("data_dir = \""+dir+"\"\n"), 0o644)
+	out, err := runIn(t, "", "dkim", "keygen", "-c", cfg, "Example.TEST.", "--algo", "ed25519")
+	if err != nil || !regexp.MustCompile(`(?m)^ed20\d\d\._domainkey\.example\.test\. IN TXT \( "v=DKIM1; k=ed25519; p=`).MatchString(out) {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if _, err := runIn(t, "", "dkim", "keygen", "-c", cfg, "example.test", "--algo", "dsa"); err == nil {
+		t.Error("unknown algorithm accepted")
+	}
+}
