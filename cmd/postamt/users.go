@@ -250,6 +250,9 @@ func dkimCmd() *cobra.Command {
 			if selector == "" {
 				selector = strings.TrimSuffix(algo, "25519") + time.Now().UTC().Format("2006") // rsa2026, ed2026
 			}
+			if err := mailauth.CheckDKIMNames(domain, selector); err != nil {
+				return err
+			}
 			key, err := mailauth.GenerateDKIMKey(algo)
 			if err != nil {
 				return err

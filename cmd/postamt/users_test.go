@@ -158,4 +158,12 @@ func TestDKIMKeygenDefaultSelector(t *testing.T) {
 	if _, err := runIn(t, "", "dkim", "keygen", "-c", cfg, "example.test", "--algo", "dsa"); err == nil {
 		t.Error("unknown algorithm accepted")
 	}
+	for _, bad := range [][2]string{{"../../etc", "s1"}, {"example.test", "../x"}, {"example.test", "a/b"}, {"localhost", "s1"}} {
+		if _, err := runIn(t, "", "dkim", "keygen", "-c", cfg, bad[0], "--selector", bad[1]); err == nil {
+			t.Errorf("keygen %s --selector %s accepted", bad[0], bad[1])
+		}
+	}
+	if files, _ := filepath.Glob(filepath.Join(dir, "..", "*.key")); len(files) > 0 {
+		t.Errorf("key written outside key_dir: %v", files)
+	}
 }

@@ -40,6 +40,28 @@ func DKIMKeyPath(dir, domain, selector string) string {
 	return filepath.Join(dir, strings.ToLower(domain), selector+".key")
 }
 
+// CheckDKIMNames refuses a domain or selector that is not a DNS name: both become a DNS name
+// and a file path, so "../x" must never get through.
+func CheckDKIMNames(domain, selector string) error {
+	for _, n := range []struct{ what, v string }{{"domain", domain}, {"selector", selector}} {
+		labels := strings.Split(n.v, ".")
+		if n.v == "" || len(n.v) > 253 || n.what == "domain" && len(labels) < 2 {
+			return fmt.Errorf("%q is not a valid DKIM %s", n.v, n.what)
+		}
+		for _, l := range labels {
+			if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+				return fmt.Errorf("%q is not a valid DKIM %s", n.v, n.what)
+			}
+			for _, r := range l {
+				if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+					return fmt.Errorf("%q is not a valid DKIM %s (letters, digits, hyphens; IDNs in A-label form)", n.v, n.what)
+				}
+			}
+		}
+	}
+	return nil
+}
+
 // GenerateDKIMKey makes a new key: RSA-2048 (what every verifier understands) or Ed25519
 // (RFC 8463: short records, fast, but not yet verified everywhere, hence dual signing).
 func GenerateDKIMKey(algo string) (crypto.Signer, error) {
