@@ -12,9 +12,10 @@
 # Only the Debian archive is used.
 set -euo pipefail
 
-# libnet-ssleay-perl: swaks needs it for --tls (it is only a Recommends).
-# python3-dkim: the independent DKIM verifier for the signing tests.
-PKGS=(postfix swaks libnet-ssleay-perl dovecot-core dovecot-lmtpd msmtp python3 python3-dkim ca-certificates openssl)
+# libnet-ssleay-perl: swaks needs it for --tls (it is only a Recommends). iproute2: `ip netns`
+# for the port-25 test (TestDeliverToPostfixPort25). python3-dkim: the independent DKIM verifier
+# for the signing tests.
+PKGS=(postfix swaks libnet-ssleay-perl dovecot-core dovecot-lmtpd msmtp python3 python3-dkim ca-certificates openssl iproute2)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

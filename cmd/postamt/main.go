@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"syscall"
 	"text/tabwriter"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/postamt/postamt/internal/admin"
 	"github.com/postamt/postamt/internal/app"
 	"github.com/postamt/postamt/internal/check"
 	"github.com/postamt/postamt/internal/config"
@@ -145,36 +147,51 @@ func startCPUProfile(path string) (func(), error) {
 }
 
 func queueCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "queue", Short: "Inspect the mail queue"}
-	var file string
+	o := &queueOpts{}
+	cmd := &cobra.Command{
+		Use:   "queue",
+		Short: "Inspect and administer the mail queue of a running server",
+		Long: `Inspect and administer the mail queue. The commands talk to the running server through its
+admin API (the unix socket <data_dir>/admin.sock, authenticated with <data_dir>/admin.token), so
+that no change races a delivery. Without a running server, list and show read the queue database
+directly (read-only) and say so; the other commands refuse.`,
+	}
+	cmd.PersistentFlags().StringVarP(&o.file, "config", "c", "", "configuration file (for data_dir)")
+	cmd.PersistentFlags().StringVar(&o.dataDir, "data-dir", "", "data directory of the server (overrides the configuration's data_dir)")
+	cmd.PersistentFlags().BoolVar(&o.json, "json", false, "print JSON")
+
 	var f queue.Filter
-	var asJSON bool
+	var limit int
 	list := &cobra.Command{
 		Use:   "list",
-		Short: "List recipients waiting for delivery or failed, with the reason (works beside a running server)",
+		Short: "List recipients waiting for delivery or failed, with the reason",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.Load(file)
+			if f.State != "" && f.State != "pending" && f.State != "failed" {
+				return fmt.Errorf("--state %q: use pending or failed", f.State)
+			}
+			c, dir, err := o.client(cmd, false)
 			if err != nil {
 				return err
 			}
-			all, err := queue.List(cmd.Context(), cfg.Path("queue"))
+			var es []queue.Entry
+			var more bool
+			if c != nil {
+				es, more, err = c.List(cmd.Context(), f, limit)
+			} else {
+				es, more, err = queue.ListDir(cmd.Context(), dir, f, limit)
+			}
 			if err != nil {
 				return err
 			}
-			es := all[:0]
-			for _, e := range all {
-				if f.Match(e) {
-					es = append(es, e)
-				}
+			if more {
+				fmt.Fprintf(cmd.ErrOrStderr(), "note: only the first %d matching recipients are listed; narrow the filter or raise --limit (0 for all)\n", limit)
 			}
-			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
+			if o.json {
 				if es == nil {
 					es = []queue.Entry{}
 				}
-				return enc.Encode(es)
+				return printJSON(cmd, es)
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "ID\tRECEIVED\tSIZE\tFROM\tTO\tSTATE\tATTEMPTS\tNEXT\tLAST ERROR")
@@ -183,25 +200,205 @@ func queueCmd() *cobra.Command {
 				if !e.NextAttempt.IsZero() {
 					next = e.NextAttempt.UTC().Format(time.DateTime)
 				}
-				from := e.From
-				if from == "" {
-					from = "<>"
+				state := e.State
+				if e.Held {
+					state += ",held"
 				}
 				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%d\t%s\t%s\n", e.ID, e.Received.UTC().Format(time.DateTime), e.Size,
-					from, e.Rcpt, e.State, e.Attempts, next, e.LastError)
+					angle(e.From), e.Rcpt, state, e.Attempts, next, e.LastError)
 			}
 			w.Flush()
 			fmt.Fprintf(cmd.OutOrStdout(), "%d recipient(s)\n", len(es))
 			return nil
 		},
 	}
-	list.Flags().StringVarP(&file, "config", "c", "", "configuration file (for data_dir)")
 	list.Flags().StringVar(&f.ID, "id", "", "only this queue ID")
 	list.Flags().StringVar(&f.From, "from", "", "only this sender")
 	list.Flags().StringVar(&f.To, "to", "", "only this recipient")
 	list.Flags().StringVar(&f.Domain, "domain", "", "only recipients in this domain")
 	list.Flags().StringVar(&f.State, "state", "", "only pending or failed")
-	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.AddCommand(list)
+	list.Flags().IntVar(&limit, "limit", admin.DefaultListLimit, "list at most this many recipients (0 for all)")
+
+	show := &cobra.Command{
+		Use:   "show ID",
+		Short: "Show a message's envelope and each recipient's state, attempts, last reply and next attempt",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, dir, err := o.client(cmd, false)
+			if err != nil {
+				return err
+			}
+			var m *queue.Message
+			if c != nil {
+				m, err = c.Show(cmd.Context(), args[0])
+			} else {
+				m, err = queue.ShowDir(cmd.Context(), dir, args[0])
+			}
+			if err != nil {
+				return err
+			}
+			if o.json {
+				return printJSON(cmd, m)
+			}
+			printMessage(cmd, m)
+			return nil
+		},
+	}
+
+	var all bool
+	retry := &cobra.Command{
+		Use:   "retry ID | --all",
+		Short: "Attempt delivery now instead of at the next scheduled retry",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if all == (len(args) == 1) || len(args) > 1 {
+				return errors.New("give one queue ID or --all")
+			}
+			return nil
+		},
+		RunE: o.mutate(func(ctx context.Context, c *admin.Client, args []string) (any, string, error) {
+			var n int
+			var err error
+			if all {
+				n, err = c.RetryAll(ctx)
+			} else {
+				n, err = c.Retry(ctx, args[0])
+			}
+			return admin.CountResponse{Recipients: n}, fmt.Sprintf("%d recipient(s) scheduled for delivery now", n), err
+		}),
+	}
+	retry.Flags().BoolVar(&all, "all", false, "every message that is not held")
+
+	simple := func(use, short, done string, op func(*admin.Client, context.Context, string) error) *cobra.Command {
+		return &cobra.Command{
+			Use: use + " ID", Short: short, Args: cobra.ExactArgs(1),
+			RunE: o.mutate(func(ctx context.Context, c *admin.Client, args []string) (any, string, error) {
+				err := op(c, ctx, args[0])
+				return map[string]any{"id": args[0], "ok": err == nil}, args[0] + ": " + done, err
+			}),
+		}
+	}
+	var reason string
+	bounce := &cobra.Command{
+		Use:   "bounce ID --reason TEXT",
+		Short: "Fail every undelivered recipient now and return the message to its sender with a DSN giving the reason",
+		Args:  cobra.ExactArgs(1),
+		RunE: o.mutate(func(ctx context.Context, c *admin.Client, args []string) (any, string, error) {
+			n, err := c.Bounce(ctx, args[0], reason)
+			return admin.CountResponse{Recipients: n}, fmt.Sprintf("%s: %d recipient(s) failed; the sender gets a DSN", args[0], n), err
+		}),
+	}
+	bounce.Flags().StringVar(&reason, "reason", "", "why, in words the sender will read in the DSN (required)")
+	bounce.MarkFlagRequired("reason")
+
+	cmd.AddCommand(list, show, retry,
+		simple("hold", "Stop delivering a message until it is released (survives restarts)", "held", (*admin.Client).Hold),
+		simple("release", "Let a held message be delivered again, at once", "released", (*admin.Client).Release),
+		simple("delete", "Remove a message from the queue without telling its sender", "deleted", (*admin.Client).Delete),
+		bounce)
 	return cmd
+}
+
+type queueOpts struct {
+	file, dataDir string
+	json          bool
+}
+
+// client finds the data directory and connects to the running server's admin API. c is nil when
+// no server runs and mutating is false: the caller reads the database itself, and the user is told.
+func (o *queueOpts) client(cmd *cobra.Command, mutating bool) (c *admin.Client, queueDir string, err error) {
+	dir := o.dataDir
+	if dir == "" {
+		cfg, err := config.Load(o.file)
+		if err != nil {
+			return nil, "", err
+		}
+		dir = cfg.DataDir
+	}
+	queueDir = filepath.Join(dir, "queue")
+	c, err = admin.NewClient(dir)
+	if err == nil && !mutating {
+		// Find out now whether the server answers, so that list and show can fall back.
+		err = c.Ping(cmd.Context())
+	}
+	switch {
+	case errors.Is(err, admin.ErrNotRunning) && !mutating:
+		fmt.Fprintf(cmd.ErrOrStderr(), "note: the server is not running; read %s directly (read-only)\n", queueDir)
+		return nil, queueDir, nil
+	case errors.Is(err, admin.ErrNotRunning):
+		return nil, "", fmt.Errorf("the server is not running (no admin socket answers in %s): start it with postamt serve; "+
+			"the queue is changed only through the running server so that no change races a delivery", dir)
+	case err != nil:
+		return nil, "", err
+	}
+	return c, queueDir, nil
+}
+
+// mutate wraps a command that changes the queue: it needs the running server.
+func (o *queueOpts) mutate(op func(ctx context.Context, c *admin.Client, args []string) (any, string, error)) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		c, _, err := o.client(cmd, true)
+		if err != nil {
+			return err
+		}
+		v, human, err := op(cmd.Context(), c, args)
+		if err != nil {
+			return err
+		}
+		if o.json {
+			return printJSON(cmd, v)
+		}
+		fmt.Fprintln(cmd.OutOrStdout(), human)
+		return nil
+	}
+}
+
+func printJSON(cmd *cobra.Command, v any) error {
+	enc := json.NewEncoder(cmd.OutOrStdout())
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func angle(addr string) string {
+	if addr == "" {
+		return "<>"
+	}
+	return addr
+}
+
+func printMessage(cmd *cobra.Command, m *queue.Message) {
+	w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	yes := map[bool]string{true: "yes", false: "no"}
+	fmt.Fprintf(w, "ID:\t%s\n", m.ID)
+	fmt.Fprintf(w, "From:\t%s\n", angle(m.From))
+	fmt.Fprintf(w, "Received:\t%s\n", m.Received.UTC().Format(time.RFC3339))
+	if m.Client != "" {
+		fmt.Fprintf(w, "Client:\t%s (HELO %s)\n", m.Client, m.Helo)
+	}
+	fmt.Fprintf(w, "Size:\t%d\n", m.Size)
+	fmt.Fprintf(w, "Held:\t%s\n", yes[m.Held])
+	if m.Bouncing {
+		fmt.Fprintf(w, "Bouncing:\tyes (a DSN to the sender is due)\n")
+	}
+	if m.EnvID != "" || m.Ret != "" {
+		fmt.Fprintf(w, "DSN:\tENVID=%s RET=%s\n", m.EnvID, m.Ret)
+	}
+	w.Flush()
+	fmt.Fprintln(cmd.OutOrStdout(), "Recipients:")
+	for _, r := range m.Recipients {
+		state := r.State
+		if r.InFlight {
+			state += " (attempt in progress)"
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "  %d. %s: %s, %d attempt(s), route %s %s\n", r.Index+1, r.Addr, state, r.Attempts, r.Transport, r.NextHop)
+		if r.LastReply != "" {
+			from := ""
+			if r.RemoteMTA != "" {
+				from = " (from " + r.RemoteMTA + ")"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "     last reply%s: %s\n", from, r.LastReply)
+		}
+		if !r.NextAttempt.IsZero() {
+			fmt.Fprintf(cmd.OutOrStdout(), "     next attempt: %s\n", r.NextAttempt.UTC().Format(time.RFC3339))
+		}
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/postamt/postamt/internal/admin"
 	"github.com/postamt/postamt/internal/bounce"
 	"github.com/postamt/postamt/internal/certs"
 	"github.com/postamt/postamt/internal/config"
@@ -46,6 +47,7 @@ type App struct {
 	users      *users.Store
 	acme       *certs.ACME
 	metrics    *observe.MetricsServer
+	admin      *admin.Server
 	checks     *builtChecks
 	remote     *remote.Transport
 	errc       chan error
@@ -64,6 +66,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		local = &maildir.Transport{Root: cfg.Path(cfg.Local.MaildirRoot), Hostname: cfg.Hostname}
 	}
 	hist := observe.NewHistograms()
+	dests := observe.NewDestinations(100)
 	rt := router.New(cfg.Local, cfg.Outbound)
 	// One resolver for delivery and for the checks: outbound.dns_servers or the system's.
 	resolver := dns.System(cfg.Outbound.DNSServers)
@@ -88,6 +91,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 	q, err := queue.Open(queue.Options{
 		Bounce:           bouncer.Bounce,
 		AttemptLatency:   hist.Attempt,
+		AttemptResult:    dests.Count,
 		Dir:              cfg.Path("queue"),
 		RetryIntervals:   durations(cfg.Queue.RetryIntervals),
 		MaxAge:           cfg.Queue.MaxAge.D(),
@@ -223,13 +227,19 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 				return errors.New("shutting down")
 			}
 			return nil
-		}, log)
+		}, log, dests)
 		if err != nil {
 			a.Shutdown(context.Background())
 			return nil, fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
 		}
 		a.metrics = m
 	}
+	adm, err := admin.Start(admin.Options{DataDir: cfg.DataDir, Listen: cfg.Admin.Listen, Queue: q, Logger: log})
+	if err != nil {
+		a.Shutdown(context.Background())
+		return nil, err
+	}
+	a.admin = adm
 	log.Info("ready", "hostname", cfg.Hostname, "data_dir", abs(cfg.DataDir), "config", cfg.File())
 	return a, nil
 }
@@ -241,11 +251,22 @@ func (a *App) Addrs() []net.Addr { return a.addrs }
 // submission.listen_tls.
 func (a *App) SubmissionAddrs() []net.Addr { return a.subAddrs }
 
+// AdminAddr is the admin API's loopback TCP address, nil without [admin] listen.
+func (a *App) AdminAddr() net.Addr {
+	if a.admin == nil {
+		return nil
+	}
+	return a.admin.TCPAddr()
+}
+
 // Err reports a listener that failed after start.
 func (a *App) Err() <-chan error { return a.errc }
 
 // Shutdown stops the listeners, then the queue.
 func (a *App) Shutdown(ctx context.Context) error {
+	if a.admin != nil {
+		a.admin.Close(ctx)
+	}
 	if a.metrics != nil {
 		a.metrics.Close(ctx)
 	}
@@ -316,6 +337,15 @@ func (a *App) counters() []observe.Counter {
 		{Name: "queue_recipients", Help: "Recipients in the queue by state.", Gauge: true, Labels: map[string]string{"state": "pending"}, Value: queueCount(func(p, _, _ int) int { return p })},
 		{Name: "queue_recipients", Help: "Recipients in the queue by state.", Gauge: true, Labels: map[string]string{"state": "failed"}, Value: queueCount(func(_, f, _ int) int { return f })},
 		{Name: "queue_messages", Help: "Messages in the queue.", Gauge: true, Value: queueCount(func(_, _, m int) int { return m })},
+		{Name: "queue_messages_held", Help: "Messages held by the administrator (postamt queue hold).", Gauge: true, Value: func() float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			n, err := a.Queue.Held(ctx)
+			if err != nil {
+				return -1
+			}
+			return float64(n)
+		}},
 	}
 	if a.Submission != nil {
 		sub := &a.Submission.Stats

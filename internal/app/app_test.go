@@ -361,3 +361,48 @@ mailboxes = ["alice@example.test", "bob@example.org"]
 	}
 	t.Fatal("alice's message did not reach the Maildir")
 }
+
+// TestAdminAPIWired: the server starts the admin API with the token in data_dir, on the socket
+// and on the configured loopback port, and removes the socket on shutdown.
+func TestAdminAPIWired(t *testing.T) {
+	dir, err := os.MkdirTemp("", "pa") // short: the socket path must fit a unix address
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	cfg, err := config.Parse("test.toml", []byte(`
+data_dir = "`+dir+`"
+[smtp]
+listen = ["127.0.0.1:0"]
+[admin]
+listen = "127.0.0.1:0"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Start(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := os.ReadFile(filepath.Join(dir, "admin.token"))
+	if err != nil || a.AdminAddr() == nil {
+		t.Fatalf("token %v, admin addr %v", err, a.AdminAddr())
+	}
+	req, _ := http.NewRequest("GET", "http://"+a.AdminAddr().String()+"/v1/ping", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("ping: %d", resp.StatusCode)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "admin.sock")); err != nil {
+		t.Fatal(err)
+	}
+	a.Shutdown(context.Background())
+	if _, err := os.Stat(filepath.Join(dir, "admin.sock")); !os.IsNotExist(err) {
+		t.Fatalf("socket after shutdown: %v", err)
+	}
+}

@@ -21,6 +21,7 @@ type Config struct {
 	Local    Local    `toml:"local"`
 	Outbound Outbound `toml:"outbound"`
 	Metrics  Metrics  `toml:"metrics"`
+	Admin    Admin    `toml:"admin"`
 	Checks   Checks   `toml:"checks"`
 	// Submission and DKIM: mail from the server's own users and applications.
 	Submission Submission `toml:"submission"`
@@ -156,6 +157,12 @@ type OutboundTLS struct {
 
 type Metrics struct {
 	Listen string `toml:"listen"` // "" disables the HTTP endpoint
+}
+
+// Admin is the queue administration API. It always listens on <data_dir>/admin.sock; Listen adds
+// a loopback TCP listener (same bearer token) for tools that cannot reach the socket.
+type Admin struct {
+	Listen string `toml:"listen"` // "" for the unix socket only
 }
 
 // Default returns the embedded defaults: a server that runs from an empty directory with no file.

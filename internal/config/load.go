@@ -241,6 +241,7 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	set("POSTAMT_SUBMISSION_LISTEN", func(v string) error { c.Submission.Listen = strings.Split(v, ","); return nil })
 	set("POSTAMT_SUBMISSION_LISTEN_TLS", func(v string) error { c.Submission.ListenTLS = strings.Split(v, ","); return nil })
 	set("POSTAMT_METRICS_LISTEN", func(v string) error { c.Metrics.Listen = v; return nil })
+	set("POSTAMT_ADMIN_LISTEN", func(v string) error { c.Admin.Listen = v; return nil })
 	if es != nil {
 		return es
 	}

@@ -79,6 +79,21 @@ func (v *validator) atLeast(option string, value, min int) {
 	}
 }
 
+// loopback accepts only a host:port on 127.0.0.0/8, ::1 or localhost: the admin API can delete
+// mail, and a bearer token in clear text is no protection on a network.
+func (v *validator) loopback(option, addr string) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		v.addf(option, "%q is not host:port (%v)", addr, err)
+		return
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		v.addf(option, "%q is not a loopback address; the admin API listens only on 127.0.0.1, ::1 or localhost (reach it remotely through SSH)", addr)
+		return
+	}
+	v.hostPort(option, addr)
+}
+
 func (v *validator) hostPort(option, addr string) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -143,6 +158,9 @@ func (c *Config) validateTop(v *validator) {
 	}
 	if c.Metrics.Listen != "" {
 		v.hostPort("metrics.listen", c.Metrics.Listen)
+	}
+	if c.Admin.Listen != "" {
+		v.loopback("admin.listen", c.Admin.Listen)
 	}
 }
 

@@ -6,6 +6,8 @@ package dsn
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"strings"
@@ -49,6 +51,12 @@ func Build(r Report, original io.Reader) ([]byte, error) {
 		return nil, fmt.Errorf("dsn: read original: %w", err)
 	}
 	boundary := "=_" + r.QueueID + "_dsn"
+	if bytes.Contains(orig, []byte(boundary)) {
+		// The original (the sender's own content) must not be able to close the report early
+		// or add parts to it (RFC 2046 §5.1.1). A digest of the original cannot occur in it.
+		sum := sha256.Sum256(orig)
+		boundary += "_" + hex.EncodeToString(sum[:12])
+	}
 	var b bytes.Buffer
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	delayed := allAction(r.Recipients, "delayed")

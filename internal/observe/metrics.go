@@ -56,9 +56,11 @@ type MetricsServer struct {
 }
 
 // NewMetricsServer registers the counters and listens on addr.
-func NewMetricsServer(addr string, counters []Counter, hist *Histograms, ready func() error, log *slog.Logger) (*MetricsServer, error) {
+// extra are further collectors, such as Destinations.
+func NewMetricsServer(addr string, counters []Counter, hist *Histograms, ready func() error, log *slog.Logger, extra ...prometheus.Collector) (*MetricsServer, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(extra...)
 	if hist != nil {
 		reg.MustRegister(hist.commit, hist.attempt)
 	}

@@ -47,6 +47,11 @@ func (q *Queue) bounceDue(ctx context.Context) error {
 		return fmt.Errorf("queue: bounce scan: %w", err)
 	}
 	for _, e := range envs {
+		if q.attempting(e.ID) {
+			// Bounced by the postmaster while an attempt was running: its outcome may still
+			// turn a recipient into a delivery, so the DSN waits for it.
+			continue
+		}
 		if err := q.bounceOne(ctx, e); err != nil {
 			q.log.Error("queue: cannot bounce; will retry", "id", e.ID, "err", err)
 		}
@@ -65,8 +70,7 @@ func (q *Queue) warnDelayed(ctx context.Context) error {
 	}
 	q.lastDelayScan = now
 	cutoff := now.Add(-q.opts.DelayWarning).UnixMicro()
-	envs, err := q.envelopes(ctx, `SELECT DISTINCT `+envColumns+` FROM rcpt r JOIN msg m ON m.id = r.msg_id
-		WHERE r.state = 0 AND r.warned = 0 AND r.attempts > 0 AND m.received <= ? LIMIT 100`, cutoff)
+	envs, err := q.envelopes(ctx, delayQuery, cutoff)
 	if err != nil {
 		return fmt.Errorf("queue: delay scan: %w", err)
 	}
@@ -89,6 +93,11 @@ func (q *Queue) warnDelayed(ctx context.Context) error {
 	}
 	return nil
 }
+
+// delayQuery finds messages due a delay warning through the partial index rcpt_unwarned, so
+// its cost does not grow with the recipients that are too young or already warned.
+const delayQuery = `SELECT DISTINCT ` + envColumns + ` FROM rcpt r INDEXED BY rcpt_unwarned JOIN msg m ON m.id = r.msg_id
+	WHERE r.state = 0 AND r.warned = 0 AND r.attempts > 0 AND r.received <= ? LIMIT 100`
 
 // recipients loads a message's recipients matching where (a fixed SQL condition).
 func (q *Queue) recipients(ctx context.Context, id, where string) ([]Failed, error) {

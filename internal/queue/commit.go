@@ -174,8 +174,13 @@ func (s *stmts) prepare(db *sql.DB) error {
 	s.insMsg = p(`INSERT INTO msg (id, sender, size, received, smtputf8, body, ret, envid, client, helo, inline, prefix) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`)
 	s.insBody = p(`INSERT INTO body (id, data) VALUES (?,?)`)
 	s.delBody = p(`DELETE FROM body WHERE id = ?`)
-	s.insRcpt = p(`INSERT INTO rcpt (msg_id, idx, addr, orig, orcpt, notify, transport, next_hop, state, next_attempt) VALUES (?,?,?,?,?,?,?,?,?,?)`)
-	s.updRcpt = p(`UPDATE rcpt SET state = ?, attempts = ?, next_attempt = ?, last_error = ?, remote_mta = ?, success = ? WHERE msg_id = ? AND idx = ?`)
+	// The first attempt is due at arrival: next_attempt and received are both the arrival time.
+	s.insRcpt = p(`INSERT INTO rcpt (msg_id, idx, addr, orig, orcpt, notify, transport, next_hop, state, next_attempt, received) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?10)`)
+	// Only a pending recipient takes an attempt's outcome, except a delivery, which always wins:
+	// a recipient the postmaster bounced while an attempt was running keeps the admin's verdict
+	// when that attempt failed, and is not reported failed when it in fact got through.
+	s.updRcpt = p(`UPDATE rcpt SET state = ?1, attempts = ?2, next_attempt = ?3, last_error = ?4, remote_mta = ?5, success = ?6
+		WHERE msg_id = ?7 AND idx = ?8 AND (state = 0 OR ?1 = 1)`)
 	// "Failed" here means "the sender is owed a report": a failure, or a requested success notice.
 	s.countState = p(`SELECT COUNT(*) FILTER (WHERE state = 0), COUNT(*) FILTER (WHERE state = 2 OR success > 0) FROM rcpt WHERE msg_id = ?`)
 	s.delRcpts = p(`DELETE FROM rcpt WHERE msg_id = ?`)

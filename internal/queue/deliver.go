@@ -368,6 +368,7 @@ func (q *Queue) logDelivery(env *mail.Envelope, r mail.Recipient, o outcome, too
 	if o.state == statePending {
 		attrs = append(attrs, "next_attempt", o.next.UTC().Format(time.RFC3339))
 	}
+	q.countResult(r.Route, o.state)
 	switch o.state {
 	case stateDelivered:
 		q.metrics.Delivered.Add(1)
@@ -481,10 +482,7 @@ func (q *Queue) RunDue(ctx context.Context) error {
 		return err
 	}
 	readSeq := q.commitSeq.Load()
-	rows, err := q.rdb.QueryContext(ctx, `SELECT r.msg_id, r.idx, r.addr, r.orig, r.orcpt, r.notify, r.transport,
-		r.next_hop, r.attempts, m.sender, m.size, m.received, m.smtputf8, m.body, m.ret, m.envid, m.client, m.helo, m.inline, m.prefix
-		FROM rcpt r JOIN msg m ON m.id = r.msg_id
-		WHERE r.state = 0 AND r.next_attempt <= ? ORDER BY r.next_attempt LIMIT 5000`, q.opts.Now().UnixMicro())
+	rows, err := q.rdb.QueryContext(ctx, dueQuery, q.opts.Now().UnixMicro())
 	if err != nil {
 		return fmt.Errorf("queue: scan: %w", err)
 	}

@@ -23,6 +23,7 @@ type Entry struct {
 	Attempts    int       `json:"attempts"`
 	NextAttempt time.Time `json:"next_attempt,omitzero"` // zero when not scheduled
 	LastError   string    `json:"last_error,omitempty"`
+	Held        bool      `json:"held,omitempty"`
 }
 
 // Filter selects entries; empty fields match everything. Address fields match
@@ -51,38 +52,86 @@ func (f Filter) Match(e Entry) bool {
 // server (WAL readers do not block the writer). Delivered recipients of unfinished messages are
 // left out.
 func List(ctx context.Context, dir string) ([]Entry, error) {
-	path := filepath.Join(dir, "queue.db")
-	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("queue: %w", err)
-	}
-	db, err := sql.Open("sqlite", "file:"+url.PathEscape(path)+"?mode=ro&_pragma=busy_timeout(10000)")
+	db, err := openReadOnly(dir)
 	if err != nil {
 		return nil, err
 	}
 	defer db.Close()
-	rows, err := db.QueryContext(ctx, `SELECT m.id, m.sender, m.received, m.size, r.addr, r.transport, r.state,
-		r.attempts, r.next_attempt, r.last_error FROM rcpt r JOIN msg m ON m.id = r.msg_id
-		WHERE r.state != ? ORDER BY m.received, r.idx`, stateDelivered)
+	es, _, err := list(ctx, db, Filter{}, 0)
+	return es, err
+}
+
+// ListDir is List with a filter and a limit (0 for none); more reports entries past the limit.
+func ListDir(ctx context.Context, dir string, f Filter, limit int) (es []Entry, more bool, err error) {
+	db, err := openReadOnly(dir)
 	if err != nil {
-		return nil, fmt.Errorf("queue: list: %w", err)
+		return nil, false, err
+	}
+	defer db.Close()
+	return list(ctx, db, f, limit)
+}
+
+func openReadOnly(dir string) (*sql.DB, error) {
+	path := filepath.Join(dir, "queue.db")
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	return sql.Open("sqlite", "file:"+url.PathEscape(path)+"?mode=ro&_pragma=busy_timeout(10000)")
+}
+
+// Entries lists the queue of a running server like ListDir.
+func (q *Queue) Entries(ctx context.Context, f Filter, limit int) ([]Entry, bool, error) {
+	return list(ctx, q.rdb, f, limit)
+}
+
+// listQuery walks msg in primary key order, which is arrival order (queue IDs are time-ordered),
+// so that rows stream out without a sort of the whole queue.
+const listQuery = `SELECT m.id, m.sender, m.received, m.size, r.addr, r.transport, r.state,
+	r.attempts, r.next_attempt, r.last_error, %s FROM msg m JOIN rcpt r ON r.msg_id = m.id
+	WHERE r.state != ? %s ORDER BY m.id, r.idx`
+
+// list streams the matching entries; memory holds at most limit of them, however large the queue.
+func list(ctx context.Context, db *sql.DB, f Filter, limit int) (out []Entry, more bool, err error) {
+	// A database no server of this version has opened yet has no held column.
+	var hasHeld bool
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info('msg') WHERE name = 'held'`).Scan(&hasHeld); err != nil {
+		return nil, false, fmt.Errorf("queue: list: %w", err)
+	}
+	held := "m.held"
+	if !hasHeld {
+		held = "0"
+	}
+	args := []any{stateDelivered}
+	byID := ""
+	if f.ID != "" {
+		byID, args = "AND m.id = ?", append(args, f.ID)
+	}
+	rows, err := db.QueryContext(ctx, fmt.Sprintf(listQuery, held, byID), args...)
+	if err != nil {
+		return nil, false, fmt.Errorf("queue: list: %w", err)
 	}
 	defer rows.Close()
-	var out []Entry
 	for rows.Next() {
 		var e Entry
 		var received, next int64
 		var state int
-		if err := rows.Scan(&e.ID, &e.From, &received, &e.Size, &e.Rcpt, &e.Transport, &state, &e.Attempts, &next, &e.LastError); err != nil {
-			return nil, fmt.Errorf("queue: list: %w", err)
+		if err := rows.Scan(&e.ID, &e.From, &received, &e.Size, &e.Rcpt, &e.Transport, &state, &e.Attempts, &next, &e.LastError, &e.Held); err != nil {
+			return nil, false, fmt.Errorf("queue: list: %w", err)
 		}
 		e.Received = time.UnixMicro(received)
 		e.State = "pending"
 		if state == stateFailed {
 			e.State = "failed"
-		} else if next > 0 && e.Attempts > 0 {
+		} else if next > 0 && e.Attempts > 0 && !e.Held && next < heldNext {
 			e.NextAttempt = time.UnixMicro(next)
+		}
+		if !f.Match(e) {
+			continue
+		}
+		if limit > 0 && len(out) == limit {
+			return out, true, nil
 		}
 		out = append(out, e)
 	}
-	return out, rows.Err()
+	return out, false, rows.Err()
 }

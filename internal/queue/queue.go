@@ -56,6 +56,10 @@ type Options struct {
 	DelayWarning time.Duration
 	// AttemptLatency, when set, is told how long each delivery attempt took and its transport.
 	AttemptLatency func(transport string, d time.Duration)
+	// AttemptResult, when set, is told each recipient's attempt outcome (sent, deferred,
+	// failed) and its destination: the next hop (domain or relay host) for remote delivery,
+	// the transport name for local delivery.
+	AttemptResult func(destination, result string)
 	// Jitter returns the random extra delay added to a retry interval; nil for up to 10%.
 	Jitter func(d time.Duration) time.Duration
 }
@@ -96,7 +100,8 @@ type Queue struct {
 	lastDelayScan time.Time    // guarded by bounceMu
 	acceptMu      sync.RWMutex
 
-	metrics Metrics
+	metrics    Metrics
+	retryChunk int // see RetryAll
 }
 
 // Metrics are counters for observability and tests.
@@ -168,6 +173,7 @@ func Open(opts Options) (*Queue, error) {
 		kick:       make(chan struct{}, 1),
 		inflight:   map[string]int64{},
 		active:     map[mail.Route]int{},
+		retryChunk: retryChunk,
 		parked:     map[mail.Route][]*job{},
 	}
 	q.ctx, q.cancel = context.WithCancel(context.Background())
@@ -364,51 +370,72 @@ func (q *Queue) Counts(ctx context.Context) (pending, failed, messages int, err 
 }
 
 // recover makes the spool and the rows agree after a crash. It runs before anything is served,
-// so no session is writing a body that has no row yet.
+// so no session is writing a body that has no row yet. Its memory does not grow with the queue:
+// it holds one spool shard's names at a time and streams the rows (issue 4: a million queued
+// messages must open in bounded memory).
 func (q *Queue) recover() error {
-	ids, err := q.spool.List()
-	if err != nil {
-		return err
-	}
-	known := map[string]bool{} // messages whose body is a spool file
-	rows, err := q.db.Query(`SELECT id FROM msg WHERE inline = 0`)
+	orphans := 0
+	has, err := q.db.Prepare(`SELECT inline FROM msg WHERE id = ?`)
 	if err != nil {
 		return fmt.Errorf("queue: recover: %w", err)
 	}
+	defer has.Close()
+	for i := 0; i < q.spool.Shards(); i++ {
+		ids, err := q.spool.ListShard(i)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			var inline bool
+			err := has.QueryRow(id).Scan(&inline)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("queue: recover: %w", err)
+			}
+			if err != nil || inline {
+				// A body without rows was never acknowledged (the rows commit after the body): drop it.
+				q.spool.Remove(id)
+				orphans++
+			}
+		}
+	}
+	// The writer connection is the only one, so the rows are read through the reader while
+	// the (rare) repairs wait in a list.
+	rows, err := q.rdb.Query(`SELECT id FROM msg WHERE inline = 0`)
+	if err != nil {
+		return fmt.Errorf("queue: recover: %w", err)
+	}
+	var missing []string
 	for rows.Next() {
 		var id string
 		if err := rows.Scan(&id); err != nil {
 			rows.Close()
 			return fmt.Errorf("queue: recover: %w", err)
 		}
-		known[id] = true
+		ok, err := q.spool.Exists(id)
+		if err != nil {
+			rows.Close()
+			return fmt.Errorf("queue: recover: %w", err)
+		}
+		if !ok {
+			missing = append(missing, id)
+		}
 	}
 	rows.Close()
-	onDisk := map[string]bool{}
-	orphans := 0
-	for _, id := range ids {
-		onDisk[id] = true
-		if !known[id] {
-			// A body without rows was never acknowledged (the rows commit after the body): drop it.
-			q.spool.Remove(id)
-			orphans++
-		}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("queue: recover: %w", err)
 	}
-	missing := 0
-	for id := range known {
-		if !onDisk[id] {
-			missing++
-			q.log.Error("queue: message body missing from spool; failing its recipients", "id", id)
-			if _, err := q.db.Exec(`UPDATE rcpt SET state = ?, last_error = ? WHERE msg_id = ? AND state = ?`,
-				stateFailed, "451 4.3.0 message body lost from the spool", id, statePending); err != nil {
-				return fmt.Errorf("queue: recover: %w", err)
-			}
-			q.db.Exec(`UPDATE msg SET state = 2 WHERE id = ?`, id)
+	for _, id := range missing {
+		q.log.Error("queue: message body missing from spool; failing its recipients", "id", id)
+		if _, err := q.db.Exec(`UPDATE rcpt SET state = ?, last_error = ? WHERE msg_id = ? AND state = ?`,
+			stateFailed, "451 4.3.0 message body lost from the spool", id, statePending); err != nil {
+			return fmt.Errorf("queue: recover: %w", err)
 		}
+		q.db.Exec(`UPDATE msg SET state = 2 WHERE id = ?`, id)
 	}
-	var pending int
+	var messages, pending int
+	q.db.QueryRow(`SELECT COUNT(*) FROM msg`).Scan(&messages)
 	q.db.QueryRow(`SELECT COUNT(*) FROM rcpt WHERE state = 0`).Scan(&pending)
-	q.log.Info("queue opened", "dir", q.opts.Dir, "messages", len(known), "pending_recipients", pending,
-		"orphan_bodies_removed", orphans, "bodies_missing", missing)
+	q.log.Info("queue opened", "dir", q.opts.Dir, "messages", messages, "pending_recipients", pending,
+		"orphan_bodies_removed", orphans, "bodies_missing", len(missing))
 	return nil
 }

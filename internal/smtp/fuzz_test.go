@@ -56,3 +56,57 @@ func FuzzParseParams(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseAddress: ParseAddress (used for configured and looked-up addresses, without the
+// angle brackets of a path) never accepts bytes that could break a header or command line, and
+// what it accepts renders back to the same mailbox.
+func FuzzParseAddress(f *testing.F) {
+	for _, s := range []string{"a@b.c", `"x y"@b.c`, `"a\"b"@c.d`, "jörg@bücher.de", "a@[IPv6:::1]", "a@[192.0.2.1]",
+		"Postmaster", "a@b@c", "a.@b.c", "@b.c", `"a@b"@c.d`} {
+		f.Add(s, false)
+		f.Add(s, true)
+	}
+	f.Fuzz(func(t *testing.T, in string, allowUTF8 bool) {
+		a, err := ParseAddress(in, allowUTF8)
+		if err != nil {
+			return
+		}
+		s := a.String()
+		if strings.ContainsAny(s, "\r\n\x00") || !utf8.ValidString(s) {
+			t.Fatalf("%q accepted as %q", in, s)
+		}
+		if !allowUTF8 && !a.IsASCII() {
+			t.Fatalf("non-ASCII accepted without SMTPUTF8: %q", s)
+		}
+		if a.Domain == "" {
+			t.Fatalf("%q accepted without a domain", in)
+		}
+		b, err := ParseAddress(s, allowUTF8)
+		if err != nil || b.Local != a.Local || b.Domain != a.Domain {
+			t.Fatalf("round trip %q -> %q -> %+v %v", in, s, b, err)
+		}
+	})
+}
+
+// FuzzDecodeXtext: decoded xtext (ENVID, ORCPT: copied into DSN headers) never holds a control
+// character, and EncodeXtext is its inverse.
+func FuzzDecodeXtext(f *testing.F) {
+	for _, s := range []string{"abc+2B", "+0D+0A", "a=b", "+2b", "QQ314159", "rfc822;a+40b", "+", "+7F", "+20x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		d, ok := DecodeXtext(in)
+		if !ok {
+			return
+		}
+		for i := 0; i < len(d); i++ {
+			if d[i] < 32 || d[i] > 126 {
+				t.Fatalf("%q decodes to %q with byte %#x", in, d, d[i])
+			}
+		}
+		e := EncodeXtext(d)
+		if d2, ok := DecodeXtext(e); !ok || d2 != d {
+			t.Fatalf("%q -> %q -> %q -> %q %v", in, d, e, d2, ok)
+		}
+	})
+}

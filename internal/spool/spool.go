@@ -183,21 +183,46 @@ func (s *Spool) SyncDirs(dirs map[string]bool) error {
 	return nil
 }
 
-// List returns the IDs of all bodies in the spool, for the start-up consistency check.
+// List returns the IDs of all bodies in the spool. With a large queue prefer ListShard, which
+// holds one shard's names at a time.
 func (s *Spool) List() ([]string, error) {
 	var ids []string
 	for i := 0; i < shards; i++ {
-		ents, err := s.fs.ReadDir(filepath.Join(s.dir, shardName(i)))
+		sh, err := s.ListShard(i)
 		if err != nil {
-			return nil, fmt.Errorf("spool: list: %w", err)
+			return nil, err
 		}
-		for _, e := range ents {
-			if e.Type().IsRegular() {
-				ids = append(ids, e.Name())
-			}
+		ids = append(ids, sh...)
+	}
+	return ids, nil
+}
+
+// Shards is the number of shard directories, for ListShard.
+func (s *Spool) Shards() int { return shards }
+
+// ListShard returns the IDs of the bodies in shard i (0 ≤ i < Shards()).
+func (s *Spool) ListShard(i int) ([]string, error) {
+	ents, err := s.fs.ReadDir(filepath.Join(s.dir, shardName(i)))
+	if err != nil {
+		return nil, fmt.Errorf("spool: list: %w", err)
+	}
+	ids := make([]string, 0, len(ents))
+	for _, e := range ents {
+		if e.Type().IsRegular() {
+			ids = append(ids, e.Name())
 		}
 	}
 	return ids, nil
+}
+
+// Exists reports whether a body is in the spool. It asks the real file system: the injected FS
+// exists to fail writes, and the start-up check only reads.
+func (s *Spool) Exists(id string) (bool, error) {
+	_, err := os.Lstat(s.path(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // Writer collects one body: in memory while it is small, in a spool file once it is large.

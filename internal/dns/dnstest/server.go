@@ -18,6 +18,9 @@ import (
 func Server(t testing.TB, z *Zone) string {
 	t.Helper()
 	h := mdns.HandlerFunc(func(w mdns.ResponseWriter, req *mdns.Msg) {
+		if z.silent.Load() {
+			return // no reply at all: the client's timeout is what is under test
+		}
 		m := new(mdns.Msg)
 		m.SetReply(req)
 		m.Authoritative = true

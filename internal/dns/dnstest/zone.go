@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 )
 
 // Zone is a fake resolver. Names are matched case-insensitively, without the trailing dot.
@@ -21,7 +22,14 @@ type Zone struct {
 	// Secure marks names whose answers (records or denial) Server flags as DNSSEC-authenticated
 	// (AD bit), as a validating resolver would, when the query asks for DNSSEC (DO or AD bit).
 	Secure map[string]bool
+
+	silent atomic.Bool // see SetSilent
 }
+
+// SetSilent makes Server drop every query (UDP and TCP alike get no answer) until it is called
+// with false: a resolver that went away mid-test, for showing that work deferred during the
+// outage completes once DNS is back. The in-memory Zone methods are not affected.
+func (z *Zone) SetSilent(silent bool) { z.silent.Store(silent) }
 
 // TLSA is one TLSA record (RFC 6698).
 type TLSA struct {
