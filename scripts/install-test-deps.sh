@@ -15,7 +15,12 @@ set -euo pipefail
 # libnet-ssleay-perl: swaks needs it for --tls (it is only a Recommends). iproute2: `ip netns`
 # for the port-25 test (TestDeliverToPostfixPort25). python3-dkim: the independent DKIM verifier
 # for the signing tests.
-PKGS=(postfix swaks libnet-ssleay-perl dovecot-core dovecot-lmtpd msmtp python3 python3-dkim ca-certificates openssl iproute2)
+# rspamd, clamav-daemon, opendkim: the content-scanning tests start their own instances from
+# temp dirs on loopback ports; clamd gets a tiny signature database the test writes.
+# clamav-freshclam comes in as a dependency, but like the other services it is not started
+# (policy-rc.d below) and is disabled afterwards, so no signature download ever happens.
+PKGS=(postfix swaks libnet-ssleay-perl dovecot-core dovecot-lmtpd msmtp python3 python3-dkim ca-certificates openssl iproute2
+	rspamd clamav-daemon opendkim opendkim-tools)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -66,4 +71,14 @@ fi
 if just_installed dovecot-core && [ -f /run/dovecot/master.pid ]; then
 	$SUDO doveadm stop >/dev/null 2>&1 || true
 fi
+# The packaged scanners must not run system-wide (they would hold ports 11332-11334, 3310,
+# the clamd socket, and rspamd would try to fetch maps).
+for svc in rspamd clamav-daemon clamav-freshclam opendkim; do
+	if just_installed "$svc" && command -v systemctl >/dev/null 2>&1; then
+		$SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
+	fi
+done
+for pidf in /run/rspamd/rspamd.pid /run/clamav/clamd.pid /run/opendkim/opendkim.pid; do
+	if [ -f "$pidf" ]; then $SUDO kill "$(cat "$pidf")" >/dev/null 2>&1 || true; fi
+done
 echo "install-test-deps: done"

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/postamt/postamt/internal/check"
 	"github.com/postamt/postamt/internal/config"
 	"github.com/postamt/postamt/internal/observe"
+	"github.com/postamt/postamt/internal/quarantine"
 	"github.com/postamt/postamt/internal/queue"
 )
 
@@ -38,7 +40,7 @@ func rootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(serveCmd(), configCmd(), checkCmd(), queueCmd(), userCmd(), dkimCmd())
+	root.AddCommand(serveCmd(), configCmd(), checkCmd(), queueCmd(), quarantineCmd(), userCmd(), dkimCmd())
 	return root
 }
 
@@ -401,4 +403,155 @@ func printMessage(cmd *cobra.Command, m *queue.Message) {
 			fmt.Fprintf(cmd.OutOrStdout(), "     next attempt: %s\n", r.NextAttempt.UTC().Format(time.RFC3339))
 		}
 	}
+}
+
+// quarantineCmd works on the quarantine database beside a running server (SQLite in WAL mode).
+// Release only marks the message: the running server moves it into its queue (it owns the
+// queue), so --wait polls until that happened.
+func quarantineCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "quarantine", Short: "List, show, release or delete quarantined messages"}
+	var file string
+	cmd.PersistentFlags().StringVarP(&file, "config", "c", "", "configuration file (for data_dir and quarantine.path)")
+	open := func() (*quarantine.Store, error) {
+		cfg, err := config.Load(file)
+		if err != nil {
+			return nil, err
+		}
+		return quarantine.Open(cfg.Path(cfg.Quarantine.Path))
+	}
+	var asJSON bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List quarantined messages with the reason",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := open()
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			items, err := st.List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if items == nil {
+					items = []quarantine.Item{}
+				}
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(items)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tQUARANTINED\tSIZE\tFROM\tTO\tREASON")
+			for _, it := range items {
+				from := it.From
+				if from == "" {
+					from = "<>"
+				}
+				reason := it.Reason
+				if it.Release {
+					reason = "(release requested) " + reason
+				}
+				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\n", it.ID, it.Quarantined.UTC().Format(time.DateTime), it.Size,
+					from, strings.Join(it.Rcpts, ","), reason)
+			}
+			w.Flush()
+			fmt.Fprintf(cmd.OutOrStdout(), "%d message(s)\n", len(items))
+			return nil
+		},
+	}
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	var rawOnly bool
+	show := &cobra.Command{
+		Use:   "show ID",
+		Short: "Print a quarantined message: envelope and reason, then the message",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := open()
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			it, body, err := st.Get(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if !rawOnly {
+				from := it.From
+				if from == "" {
+					from = "<>"
+				}
+				fmt.Fprintf(out, "ID: %s\nReceived: %s\nQuarantined: %s\nFrom: %s\nTo: %s\nSize: %d\nReason: %s\n\n",
+					it.ID, it.Received.UTC().Format(time.RFC3339), it.Quarantined.UTC().Format(time.RFC3339), from,
+					strings.Join(it.Rcpts, ", "), it.Size, it.Reason)
+			}
+			_, err = out.Write(body)
+			return err
+		},
+	}
+	show.Flags().BoolVar(&rawOnly, "raw", false, "print only the message")
+	var wait time.Duration
+	release := &cobra.Command{
+		Use:   "release ID...",
+		Short: "Deliver quarantined messages (the running server moves them into its queue)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := open()
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			for _, id := range args {
+				if err := st.RequestRelease(cmd.Context(), id); err != nil {
+					return err
+				}
+			}
+			if wait <= 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "release requested for %d message(s); the running server delivers them\n", len(args))
+				return nil
+			}
+			deadline := time.Now().Add(wait)
+			for _, id := range args {
+				for {
+					_, _, err := st.Get(cmd.Context(), id)
+					if errors.Is(err, quarantine.ErrNotFound) {
+						fmt.Fprintf(cmd.OutOrStdout(), "%s: released\n", id)
+						break
+					}
+					if err != nil {
+						return err
+					}
+					if time.Now().After(deadline) {
+						return fmt.Errorf("%s: release requested but not done after %v (is the server running?)", id, wait)
+					}
+					time.Sleep(200 * time.Millisecond)
+				}
+			}
+			return nil
+		},
+	}
+	release.Flags().DurationVar(&wait, "wait", 10*time.Second, "wait this long for the server to release (0: do not wait)")
+	del := &cobra.Command{
+		Use:   "delete ID...",
+		Short: "Delete quarantined messages for good",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := open()
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			for _, id := range args {
+				if err := st.Delete(cmd.Context(), id); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: deleted\n", id)
+			}
+			return nil
+		},
+	}
+	cmd.AddCommand(list, show, release, del)
+	return cmd
 }

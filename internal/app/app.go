@@ -23,6 +23,7 @@ import (
 	"github.com/postamt/postamt/internal/config"
 	"github.com/postamt/postamt/internal/dns"
 	"github.com/postamt/postamt/internal/observe"
+	"github.com/postamt/postamt/internal/quarantine"
 	"github.com/postamt/postamt/internal/queue"
 	"github.com/postamt/postamt/internal/router"
 	"github.com/postamt/postamt/internal/smtpserver"
@@ -50,7 +51,11 @@ type App struct {
 	admin      *admin.Server
 	checks     *builtChecks
 	remote     *remote.Transport
-	errc       chan error
+	// Quarantine holds the messages checks quarantined; its release loop runs until Shutdown.
+	Quarantine   *quarantine.Store
+	stopReleases context.CancelFunc
+	releasesDone chan struct{}
+	errc         chan error
 }
 
 // Start opens the queue, starts delivery and begins listening. On error nothing is left running.
@@ -106,13 +111,20 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		return nil, err
 	}
 	bouncer.Intake = q // the DSN goes back in through the same queue
+	qs, err := quarantine.Open(cfg.Path(cfg.Quarantine.Path))
+	if err != nil {
+		q.Close(context.Background())
+		return nil, err
+	}
 	tlsConf, err := certs.ServerConfigReload(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.Path("tls"), cfg.Hostname, cfg.TLS.ReloadInterval.D(), log)
 	if err != nil {
+		qs.Close()
 		q.Close(context.Background())
 		return nil, err
 	}
 	checks, err := buildChecks(cfg, checkDeps{Resolver: resolver, Now: time.Now, Logger: log})
 	if err != nil {
+		qs.Close()
 		q.Close(context.Background())
 		return nil, err
 	}
@@ -128,6 +140,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 			HTTPListen: cfg.TLS.ACMEHTTPListen, CARoot: cfg.TLS.ACMECARoot, Fallback: tlsConf, Log: log,
 		})
 		if err != nil {
+			qs.Close()
 			q.Close(context.Background())
 			checks.Close()
 			return nil, fmt.Errorf("tls.acme: %w", err)
@@ -150,9 +163,10 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		CommitLatency: hist.Commit,
 		Policy:        checks.Chain,
 		GreetDelay:    checks.GreetDelay,
+		Quarantine:    qs,
 	})
 	sub := cfg.Submission
-	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, checks: checks, remote: out, acme: acme,
+	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, checks: checks, remote: out, Quarantine: qs, acme: acme,
 		errc: make(chan error, len(l.Listen)+len(sub.Listen)+len(sub.ListenTLS))}
 	type listener struct {
 		ln      net.Listener
@@ -170,6 +184,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		if acme != nil {
 			acme.Stop()
 		}
+		qs.Close()
 		q.Close(context.Background())
 		checks.Close()
 		return nil, err
@@ -213,6 +228,13 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		}
 	}
 	q.Start()
+	rctx, stop := context.WithCancel(context.Background())
+	a.stopReleases, a.releasesDone = stop, make(chan struct{})
+	go func() {
+		defer close(a.releasesDone)
+		// `postamt quarantine release` marks messages; this loop delivers them.
+		qs.RunReleases(rctx, q, releasePoll, log)
+	}()
 	for _, x := range lns {
 		log.Info("listening", "addr", x.ln.Addr().String(), "service", x.service)
 		go func() {
@@ -282,6 +304,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 	if a.acme != nil {
 		a.acme.Stop()
 	}
+	a.stopReleases()
+	<-a.releasesDone
+	a.Quarantine.Close()
 	qctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if qerr := a.Queue.Close(qctx); err == nil {
@@ -294,6 +319,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 	a.log.Info("stopped")
 	return err
 }
+
+// releasePoll is how soon a release requested with the CLI is carried out.
+const releasePoll = time.Second
 
 func durations(ds []config.Duration) []time.Duration {
 	out := make([]time.Duration, len(ds))

@@ -118,8 +118,14 @@ func buildChecks(cfg *config.Config, d checkDeps) (*builtChecks, error) {
 		auth = true
 		b.add(&mailauth.DMARCCheck{Resolver: d.Resolver, OnReject: config.Action(c.OnReject), OnQuarantine: config.Action(c.OnQuarantine)}, c.CheckCommon)
 	}
-	// Content checks (rspamd, ClamAV, milters, attachments) go here, after DMARC so that a
-	// refused forgery costs no scan: contentChecks(cfg, d, b) appends them with b.add.
+	// Content checks (rspamd, ClamAV, milters, attachments) after DMARC, so that a refused
+	// forgery costs no scan.
+	content, err := contentChecks(cfg)
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	b.Chain.Entries = append(b.Chain.Entries, content...)
 	if auth || k.SPF.Enabled {
 		// Not a configurable check: whenever results exist they are reported, and forged
 		// reports in our name are renamed. It reads only the header, in memory.

@@ -240,7 +240,7 @@ enabled = false
 			t.Errorf("spf entry %+v", e)
 		}
 	}
-	want := "allowlist ratelimit pregreet dnsbl helo spf greylist dkim dmarc authres"
+	want := "allowlist ratelimit pregreet dnsbl helo spf greylist dkim dmarc attachments authres"
 	if got := strings.Join(names, " "); got != want {
 		t.Errorf("chain %q, want %q", got, want)
 	}

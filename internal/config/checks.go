@@ -27,6 +27,12 @@ type Checks struct {
 	Greylist  GreylistCheck  `toml:"greylist"`
 	DKIM      DKIMCheck      `toml:"dkim"`
 	DMARC     DMARCCheck     `toml:"dmarc"`
+
+	// Content scanning (internal/app/contentchecks.go; types in content.go).
+	Rspamd      Rspamd      `toml:"rspamd"`
+	ClamAV      ClamAV      `toml:"clamav"`
+	Milters     []Milter    `toml:"milter"`
+	Attachments Attachments `toml:"attachments"`
 }
 
 // CheckCommon are the keys every check has.
@@ -123,7 +129,7 @@ func common(enabled bool, timeout time.Duration) CheckCommon {
 // defaultChecks: sender authentication on and fail-open; the reputation checks that need a
 // choice from the operator (which DNS lists, whether to delay mail) off.
 func defaultChecks() Checks {
-	return Checks{
+	c := Checks{
 		Allowlist: AllowlistCheck{CheckCommon: common(true, 10*time.Second), TrustedNetworks: []string{"127.0.0.0/8", "::1/128"}},
 		RateLimit: RateLimitCheck{CheckCommon: common(true, time.Second),
 			ConnectionsPerMinuteIP: 60, ConnectionsPerMinuteNet: 300, MessagesPerMinuteIP: 120, MessagesPerMinuteNet: 600,
@@ -139,6 +145,8 @@ func defaultChecks() Checks {
 		DKIM:  DKIMCheck{CheckCommon: common(true, 20*time.Second), OnFail: "continue"},
 		DMARC: DMARCCheck{CheckCommon: common(true, 20*time.Second), OnReject: "reject", OnQuarantine: "quarantine"},
 	}
+	defaultContentChecks(&c)
+	return c
 }
 
 // Action returns a validated action name as a policy.Action (Continue for "").

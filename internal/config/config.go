@@ -12,17 +12,18 @@ import (
 
 // Config is the whole configuration. Components receive only their own section.
 type Config struct {
-	Hostname string   `toml:"hostname"`
-	DataDir  string   `toml:"data_dir"`
-	Log      Log      `toml:"log"`
-	SMTP     SMTP     `toml:"smtp"`
-	TLS      TLS      `toml:"tls"`
-	Queue    Queue    `toml:"queue"`
-	Local    Local    `toml:"local"`
-	Outbound Outbound `toml:"outbound"`
-	Metrics  Metrics  `toml:"metrics"`
-	Admin    Admin    `toml:"admin"`
-	Checks   Checks   `toml:"checks"`
+	Hostname   string     `toml:"hostname"`
+	DataDir    string     `toml:"data_dir"`
+	Log        Log        `toml:"log"`
+	SMTP       SMTP       `toml:"smtp"`
+	TLS        TLS        `toml:"tls"`
+	Queue      Queue      `toml:"queue"`
+	Local      Local      `toml:"local"`
+	Outbound   Outbound   `toml:"outbound"`
+	Metrics    Metrics    `toml:"metrics"`
+	Admin      Admin      `toml:"admin"`
+	Checks     Checks     `toml:"checks"`
+	Quarantine Quarantine `toml:"quarantine"`
 	// Submission and DKIM: mail from the server's own users and applications.
 	Submission Submission `toml:"submission"`
 	DKIM       DKIM       `toml:"dkim"`
@@ -205,8 +206,9 @@ func Default() *Config {
 		},
 		Outbound: Outbound{Port: 25, DestinationLimit: 20, MaxConnections: 100, ConnectionReuse: Duration(5 * time.Second),
 			TLS: OutboundTLS{MTASTS: true}},
-		Metrics: Metrics{Listen: ""},
-		Checks:  defaultChecks(),
+		Metrics:    Metrics{Listen: ""},
+		Checks:     defaultChecks(),
+		Quarantine: Quarantine{Path: "quarantine.db"},
 		TLS: TLS{ReloadInterval: Duration(5 * time.Second),
 			ACMECA: "https://acme-v02.api.letsencrypt.org/directory", ACMEHTTPListen: ":80"},
 		Submission: Submission{

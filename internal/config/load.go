@@ -173,11 +173,17 @@ func scanPositions(data []byte) (positions, error) {
 	p := unstable.Parser{}
 	p.Reset(data)
 	var table []string
+	arrays := map[string]int{} // [[array.table]] → how many seen, so options are "name[i].key"
 	for p.NextExpression() {
 		e := p.Expression()
 		switch e.Kind {
 		case unstable.Table, unstable.ArrayTable:
 			table = keyParts(e.Key())
+			if e.Kind == unstable.ArrayTable {
+				name := strings.Join(table, ".")
+				table = []string{fmt.Sprintf("%s[%d]", name, arrays[name])}
+				arrays[name]++
+			}
 			// A table expression has no Raw range of its own; its key's first part has.
 			line := p.Shape(e.Raw).Start.Line
 			if kit := e.Key(); kit.Next() {
@@ -249,9 +255,13 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 }
 
 // Dump renders the effective configuration as TOML, for `postamt config check` and the start-up
-// log. Nothing in Config is secret yet; when secrets arrive they are redacted here.
+// log. Secrets are redacted.
 func (c *Config) Dump() string {
-	b, err := toml.Marshal(c)
+	cc := *c
+	if cc.Checks.Rspamd.Password != "" {
+		cc.Checks.Rspamd.Password = "(redacted)"
+	}
+	b, err := toml.Marshal(&cc)
 	if err != nil {
 		return "# cannot render configuration: " + err.Error()
 	}

@@ -24,6 +24,7 @@ func (c *Config) Validate() error {
 	c.validateSubmission(v)
 	c.validateDKIM(v)
 	c.validateChecks(v)
+	c.validateContentChecks(v)
 	if c.Outbound.Port < 1 || c.Outbound.Port > 65535 {
 		v.addf("outbound.port", "must be a port number from 1 to 65535, got %d", c.Outbound.Port)
 	}

@@ -211,3 +211,15 @@ func (c *Chain) stage(ctx context.Context, name string, t *Txn, call func(ctx co
 	}
 	return r
 }
+
+// Close tells the checks that keep per-connection state that the connection has ended.
+func (c *Chain) Close(conn *Conn) {
+	if c == nil {
+		return
+	}
+	for _, e := range c.Entries {
+		if k, ok := e.Check.(ConnCloser); ok {
+			k.CloseConn(conn)
+		}
+	}
+}

@@ -178,3 +178,10 @@ type RcptCheck interface {
 type DataCheck interface {
 	CheckData(ctx context.Context, t *Txn, m Message) Verdict
 }
+
+// ConnCloser is implemented by checks that keep state for the whole connection (a milter
+// session with its own socket); the server calls Chain.Close once when the connection ends,
+// however it ended.
+type ConnCloser interface {
+	CloseConn(c *Conn)
+}

@@ -63,6 +63,8 @@ type envOpts struct {
 	implicitTLS    bool
 	allowPlainAuth bool
 	greet          time.Duration
+	// quarantine, when set, receives quarantined messages.
+	quarantine smtpserver.QuarantineIntake
 }
 
 func newEnv(t *testing.T, o envOpts) *testEnv {
@@ -94,7 +96,8 @@ func newEnv(t *testing.T, o envOpts) *testEnv {
 		o.limits.MaxMessageSize = 1 << 20
 	}
 	srv := smtpserver.New(smtpserver.Options{Hostname: "mx.example.test", Limits: o.limits, TLS: tlsConf,
-		Router: r, Intake: q, Logger: log, Policy: o.policy, GreetDelay: o.greet, Auth: o.auth, RequireAuth: o.requireAuth, AllowPlaintextAuth: o.allowPlainAuth})
+		Router: r, Intake: q, Logger: log, Policy: o.policy, GreetDelay: o.greet, Quarantine: o.quarantine,
+		Auth: o.auth, RequireAuth: o.requireAuth, AllowPlaintextAuth: o.allowPlainAuth})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -62,6 +62,12 @@ type Intake interface {
 	Accept(ctx context.Context, env *mail.Envelope, w *spool.Writer) error
 }
 
+// QuarantineIntake durably stores a message that a check quarantined; like Intake.Accept it
+// returns nil only when the message is on stable storage, and it disposes of w either way.
+type QuarantineIntake interface {
+	Accept(ctx context.Context, env *mail.Envelope, w *spool.Writer) error
+}
+
 // Limits bound everything a client controls.
 type Limits struct {
 	MaxMessageSize      int64
@@ -101,6 +107,10 @@ type Options struct {
 	// GreetDelay, when > 0, holds the greeting back that long and notes a client that talks
 	// first (policy.Conn.PreGreet), as Postfix's postscreen does; connection checks decide.
 	GreetDelay time.Duration
+	// Quarantine takes the messages a check quarantined instead of Intake (see
+	// quarantine.Store). The body was spooled by Intake.Create, because the decision comes
+	// only at the end of data; Accept takes it over. When nil, such messages go to Intake.
+	Quarantine QuarantineIntake
 	// CommitLatency, when set, is told how long each accepted message took from the end of its
 	// data to the queue's durable commit (the wait before the 250), for metrics.
 	CommitLatency func(time.Duration)

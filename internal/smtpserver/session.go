@@ -94,6 +94,7 @@ func (s *Server) serveConn(c net.Conn, ip netip.Addr) {
 			sess.end = "panic"
 		}
 		sess.abortTx()
+		s.opts.Policy.Close(sess.pc)
 		c.Close()
 		sess.logEnd()
 	}()

@@ -280,7 +280,11 @@ func (s *session) finishBody(w *spool.Writer, sink *dataSink) {
 		env.From = ""
 	}
 	start := time.Now()
-	if err := s.srv.opts.Intake.Accept(s.ctx, env, w); err != nil {
+	accept, what := s.srv.opts.Intake.Accept, "queued"
+	if env.Quarantine != "" && s.srv.opts.Quarantine != nil {
+		accept, what = s.srv.opts.Quarantine.Accept, "quarantined"
+	}
+	if err := accept(s.ctx, env, w); err != nil {
 		reply = smtp.ReplyFor(err, w.ID())
 		s.srv.log.Error("message not queued", "session", s.id, "id", w.ID(), "err", err, "reply", reply.Line())
 		s.rejected++
@@ -300,7 +304,7 @@ func (s *session) finishBody(w *spool.Writer, sink *dataSink) {
 	if env.Quarantine != "" {
 		attrs = append(attrs, "quarantine", env.Quarantine)
 	}
-	s.srv.log.Info("queued", attrs...)
+	s.srv.log.Info(what, attrs...)
 	s.reply(smtp.NewReply(250, smtp.CodeOK, "OK: queued as "+env.ID))
 }
 

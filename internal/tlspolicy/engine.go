@@ -198,6 +198,8 @@ func NewEngine(o Options) (*Engine, error) {
 		var client *http.Client
 		if nr, ok := o.Resolver.(*net.Resolver); ok {
 			client = HTTPClientVia(nr)
+		} else if s, ok := o.Resolver.(interface{ Net() *net.Resolver }); ok {
+			client = HTTPClientVia(s.Net())
 		}
 		e.STS = NewSTS(o.Resolver, o.CacheDir, client, o.Logger)
 	}

@@ -158,7 +158,7 @@ func TestSTSConcurrentFetchOnce(t *testing.T) {
 func TestHTTPClientViaResolver(t *testing.T) {
 	ps := startPolicyServer(t, "remote.test")
 	zone := &dnstest.Zone{A: map[string][]netip.Addr{"mta-sts.remote.test": {netip.MustParseAddr("127.0.0.1")}}}
-	c := HTTPClientVia(dns.System([]string{dnstest.Server(t, zone)}))
+	c := HTTPClientVia(dns.System([]string{dnstest.Server(t, zone)}).Net())
 	_, port, _ := net.SplitHostPort(ps.Srv.Listener.Addr().String())
 	conn, err := c.Transport.(*http.Transport).DialContext(context.Background(), "tcp", "mta-sts.remote.test:"+port)
 	if err != nil {
