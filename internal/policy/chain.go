@@ -58,6 +58,7 @@ type Result struct {
 	Reason     string // of the deciding check
 	Outcomes   []Outcome
 	Overwrites []Overwrite
+	Edits      []EnvelopeEdit
 }
 
 // Refused reports whether the client must get Reply.
@@ -114,6 +115,9 @@ func (c *Chain) run(ctx context.Context, stage string, score float64, call func(
 		}
 		res.Outcomes = append(res.Outcomes, o)
 		res.Headers = append(res.Headers, v.Headers...)
+		if v.Edit != nil {
+			res.Edits = append(res.Edits, *v.Edit)
+		}
 		res.Overwrites = append(res.Overwrites, v.Overwrites...)
 		res.Score += v.Score
 		if v.Action > res.Action {
@@ -205,6 +209,7 @@ func (c *Chain) stage(ctx context.Context, name string, t *Txn, call func(ctx co
 	if !r.Refused() {
 		t.Headers = append(t.Headers, r.Headers...)
 		t.Overwrites = append(t.Overwrites, r.Overwrites...)
+		t.Edits = append(t.Edits, r.Edits...)
 		if r.Action > t.Action {
 			t.Action, t.Reason = r.Action, r.Reason
 		}

@@ -71,6 +71,8 @@ type Verdict struct {
 	Result string
 	// Reason explains the verdict for logs and the quarantine.
 	Reason string
+	// Edit, when set, changes the envelope once the message is accepted.
+	Edit *EnvelopeEdit
 	// Err reports that the check could not decide (backend down, timeout); the Chain then
 	// applies the entry's fail-open or fail-closed rule instead of Action.
 	Err error
@@ -131,6 +133,7 @@ type Txn struct {
 	Action   Action   // strongest accepted action so far (Tag, Quarantine)
 	Reason   string   // of that action
 	Headers  []string // to add at the top of the message
+	Edits    []EnvelopeEdit
 	Outcomes []Outcome
 	// Overwrites collected at DATA, applied by the server before the headers are added.
 	Overwrites []Overwrite
@@ -151,6 +154,24 @@ func (t *Txn) AddedHeaders() []string {
 type Message interface {
 	Size() int64
 	Open() (io.ReadCloser, error)
+}
+
+// Replacer is implemented by a Message that a check may rewrite (the session's is): Replace
+// makes msg the message that later checks read and that is stored, for milters that change or
+// delete header fields or replace the body. Header fields in Verdict.Headers are still added on
+// top afterwards.
+type Replacer interface {
+	Replace(msg []byte) error
+}
+
+// EnvelopeEdit changes the transaction's envelope after the checks, as milters may ask:
+// another sender, recipients added (routed like an authenticated client's) or removed (by
+// the address the client gave).
+type EnvelopeEdit struct {
+	SetFrom  bool
+	From     string // with SetFrom; "" is the null sender
+	AddRcpts []string
+	DelRcpts []string
 }
 
 // A Check has a name for logs and implements one or more of the stage interfaces below.

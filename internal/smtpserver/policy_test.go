@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postamt/postamt/internal/mail"
 	"github.com/postamt/postamt/internal/policy"
@@ -186,5 +188,43 @@ func TestPolicyScoreThreshold(t *testing.T) {
 	}
 	if n := len(e.rec.Deliveries()); n != 0 {
 		t.Errorf("%d deliveries of a rejected message", n)
+	}
+}
+
+// editing rewrites the message and the envelope as a milter may: the stored message is the
+// rewritten one (inline and spooled bodies alike) and the envelope edits are applied.
+type editing struct{ newBody string }
+
+func (e *editing) Name() string { return "editing" }
+func (e *editing) CheckData(ctx context.Context, t *policy.Txn, m policy.Message) policy.Verdict {
+	if err := m.(policy.Replacer).Replace([]byte("Subject: rewritten\r\n\r\n" + e.newBody)); err != nil {
+		return policy.Verdict{Err: err}
+	}
+	return policy.Verdict{Headers: []string{"X-Edited: yes"}, Result: "modified", Edit: &policy.EnvelopeEdit{
+		SetFrom: true, From: "<bounces@remote.test>", AddRcpts: []string{"<bob@example.test>"}, DelRcpts: []string{"<alice@example.test>"}}}
+}
+
+func TestPolicyRewriteAndEnvelopeEdit(t *testing.T) {
+	for _, size := range []int{10, 300 << 10} {
+		t.Run(strconv.Itoa(size), func(t *testing.T) {
+			body := strings.Repeat("y", 70) + "\r\n"
+			body = strings.Repeat(body, size/len(body)+1)
+			e := newEnv(t, envOpts{policy: &policy.Chain{Entries: []policy.Entry{{Check: &editing{newBody: "short\r\n"}}}}})
+			c := e.dialReady()
+			c.cmd("MAIL FROM:<friend@remote.test>", 250, "2.1.0")
+			c.cmd("RCPT TO:<alice@example.test>", 250, "2.1.5")
+			c.cmd("DATA", 354, "")
+			c.raw("Subject: original\r\n\r\n" + body + ".\r\n")
+			c.expect(250, "2.0.0")
+			e.waitDeliveries(1)
+			time.Sleep(50 * time.Millisecond)
+			ds := e.rec.Deliveries()
+			if len(ds) != 1 || ds[0].Rcpt.Addr != "bob@example.test" || ds[0].From != "bounces@remote.test" {
+				t.Fatalf("deliveries %+v", ds)
+			}
+			if string(ds[0].Body) != "X-Edited: yes\r\nSubject: rewritten\r\n\r\nshort\r\n" {
+				t.Errorf("stored %q", ds[0].Body[:min(len(ds[0].Body), 200)])
+			}
+		})
 	}
 }

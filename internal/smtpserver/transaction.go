@@ -268,6 +268,17 @@ func (s *session) finishBody(w *spool.Writer, sink *dataSink) {
 		s.reply(reply)
 		return
 	}
+	for _, e := range pt.Edits {
+		s.applyEdit(tx, e)
+	}
+	if len(tx.rcpts) == 0 {
+		// A check (a milter) removed every recipient: the message goes nowhere, as it asked.
+		w.Abort()
+		s.srv.log.Info("message dropped: a check removed every recipient", "session", s.id, "id", w.ID(), "from", tx.from.String(),
+			"checks", s.checksSummary(pt.Outcomes))
+		s.reply(smtp.NewReply(250, smtp.CodeOK, "OK"))
+		return
+	}
 	env := &mail.Envelope{
 		From: tx.from.Addr.String(), Rcpts: tx.rcpts, ReceivedAt: s.srv.opts.Now(),
 		SMTPUTF8: tx.params.SMTPUTF8, Body: tx.params.Body, Ret: tx.params.Ret, EnvID: tx.params.EnvID,
@@ -404,6 +415,48 @@ func (s *session) received(id string) string {
 
 // spooled lets DATA checks read the body being received.
 type spooled struct{ w *spool.Writer }
+
+func (m spooled) Replace(msg []byte) error { return m.w.Replace(msg) }
+
+// applyEdit changes the envelope as a check asked (milters: change sender, add or delete
+// recipients). Added recipients are routed as for an authenticated client: the check is trusted
+// configuration, not the peer.
+func (s *session) applyEdit(tx *txn, e policy.EnvelopeEdit) {
+	if e.SetFrom {
+		if p, _, err := smtp.ParsePath("<"+strings.Trim(e.From, "<>")+">", true); err == nil {
+			p.SourceRoute = false
+			tx.from = p
+		} else {
+			s.srv.log.Warn("a check's new sender does not parse; kept the old one", "session", s.id, "from", e.From)
+		}
+	}
+	for _, d := range e.DelRcpts {
+		d = strings.Trim(d, "<>")
+		keep := tx.rcpts[:0]
+		for _, r := range tx.rcpts {
+			if !strings.EqualFold(r.Orig, d) && !strings.EqualFold(r.Addr, d) {
+				keep = append(keep, r)
+			}
+		}
+		tx.rcpts = keep
+	}
+	for _, a := range e.AddRcpts {
+		p, _, err := smtp.ParsePath("<"+strings.Trim(a, "<>")+">", true)
+		if err != nil || p.Null {
+			s.srv.log.Warn("a check's added recipient does not parse; ignored", "session", s.id, "rcpt", a)
+			continue
+		}
+		routed, reply := s.srv.opts.Router.Resolve(p, true)
+		if reply != nil {
+			s.srv.log.Warn("a check's added recipient does not route; ignored", "session", s.id, "rcpt", a, "reply", reply.Line())
+			continue
+		}
+		for _, r := range routed {
+			r.Orig = p.Addr.String()
+			tx.addRcpt(r)
+		}
+	}
+}
 
 func (m spooled) Size() int64                  { return m.w.Size() }
 func (m spooled) Open() (io.ReadCloser, error) { return m.w.Reader() }

@@ -390,6 +390,42 @@ func (w *Writer) Reader() (io.ReadCloser, error) {
 	}{io.MultiReader(bytes.NewReader(w.prefix), f), f}, nil
 }
 
+// Replace makes data the whole body written so far, for a check that rewrites the message
+// before it is committed (a milter changing header fields or the body). A spilled body's file is
+// truncated and rewritten: it is not committed yet, so nothing refers to it.
+func (w *Writer) Replace(data []byte) error {
+	if w.err != nil {
+		return w.err
+	}
+	if len(w.prefix) > 0 {
+		return fmt.Errorf("spool: replace after prepend is not supported")
+	}
+	if w.f == nil {
+		w.buf, w.n = w.buf[:0], 0
+		_, err := w.Write(data)
+		return err
+	}
+	t, ok := w.f.(interface {
+		Truncate(int64) error
+		Seek(int64, int) (int64, error)
+	})
+	if !ok {
+		return fmt.Errorf("spool: the spool file cannot be rewritten")
+	}
+	w.bw.Reset(w.f) // drop what was buffered: it is being replaced
+	if err := t.Truncate(0); err != nil {
+		w.err = classify("write", err)
+		return w.err
+	}
+	if _, err := t.Seek(0, io.SeekStart); err != nil {
+		w.err = classify("write", err)
+		return w.err
+	}
+	w.n = 0
+	_, err := w.Write(data)
+	return err
+}
+
 // Release returns the in-memory buffer once the body is stored and no longer read from memory.
 func (w *Writer) Release() { w.releaseBuf() }
 

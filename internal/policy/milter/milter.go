@@ -6,10 +6,11 @@
 // refuse early as with Postfix. What we honour from the milter: accept, continue, reject (and
 // reject with its own code), tempfail, discard (kept in quarantine rather than dropped, so
 // nothing vanishes unseen), quarantine, and adding header fields (add and insert; both are put
-// at the top of the message, where trace and authentication headers belong). Header changes and
-// deletions, body replacement, and recipient and sender changes are not applied: we offer them
-// at negotiation all the same (libmilter filters refuse an MTA that does not), and when a milter
-// sends one it is logged as ignored and named in the check's reason.
+// at the top of the message, where trace and authentication headers belong), changing and
+// deleting header fields and replacing the body (the message is rewritten before it is stored,
+// through policy.Replacer), and changing the sender or adding and removing recipients (a
+// policy.EnvelopeEdit the session applies; added recipients are routed like an authenticated
+// client's).
 package milter
 
 import (
@@ -406,7 +407,7 @@ func (c *Check) message(st *state, m policy.Message) (policy.Verdict, error) {
 		return policy.Verdict{}, err
 	}
 	v := c.verdict(act, "end")
-	c.applyMods(&v, mods, st)
+	c.applyMods(&v, mods, st, m)
 	return v, nil
 }
 
@@ -417,13 +418,22 @@ func (c *Check) abortAfterStop(st *state) {
 	}
 }
 
-func (c *Check) applyMods(v *policy.Verdict, mods []gomilter.ModifyAction, st *state) {
+func (c *Check) applyMods(v *policy.Verdict, mods []gomilter.ModifyAction, st *state, msg policy.Message) {
+	var rewrite []gomilter.ModifyAction // header changes and body replacement, applied together
 	for _, m := range mods {
 		switch m.Type {
 		case gomilter.ActionAddHeader, gomilter.ActionInsertHeader:
 			if h, ok := headerField(m.HeaderName, m.HeaderValue); ok {
 				v.Headers = append(v.Headers, h)
 			}
+		case gomilter.ActionChangeHeader, gomilter.ActionReplaceBody:
+			rewrite = append(rewrite, m)
+		case gomilter.ActionChangeFrom:
+			c.edit(v).SetFrom, c.edit(v).From = true, m.From
+		case gomilter.ActionAddRcpt:
+			c.edit(v).AddRcpts = append(c.edit(v).AddRcpts, m.Rcpt)
+		case gomilter.ActionDelRcpt:
+			c.edit(v).DelRcpts = append(c.edit(v).DelRcpts, m.Rcpt)
 		case gomilter.ActionQuarantine:
 			if v.Action < policy.Quarantine {
 				v.Action = policy.Quarantine
@@ -438,9 +448,29 @@ func (c *Check) applyMods(v *policy.Verdict, mods []gomilter.ModifyAction, st *s
 			}
 		}
 	}
-	if len(v.Headers) > 0 && v.Action == policy.Continue {
+	if len(rewrite) > 0 {
+		if err := rewriteMessage(msg, rewrite); err != nil {
+			v.Reason = strings.TrimSpace(v.Reason + " (not applied: " + err.Error() + ")")
+			if st.log != nil {
+				st.log.Warn("milter modification not applied", "milter", c.o.Name, "err", err)
+			}
+		} else if v.Action == policy.Continue {
+			v.Result = "modified"
+		}
+	}
+	if v.Edit != nil && v.Action == policy.Continue && v.Result == "" {
+		v.Result = "envelope"
+	}
+	if len(v.Headers) > 0 && v.Action == policy.Continue && v.Result == "" {
 		v.Result = "headers"
 	}
+}
+
+func (c *Check) edit(v *policy.Verdict) *policy.EnvelopeEdit {
+	if v.Edit == nil {
+		v.Edit = &policy.EnvelopeEdit{}
+	}
+	return v.Edit
 }
 
 func modName(m gomilter.ModifyAction) string {
