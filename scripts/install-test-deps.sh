@@ -13,12 +13,13 @@
 set -euo pipefail
 
 # libnet-ssleay-perl: swaks needs it for --tls (it is only a Recommends). iproute2: `ip netns`
-# for the port-25 test (TestDeliverToPostfixPort25).
+# for the port-25 test (TestDeliverToPostfixPort25). python3-dkim: the independent DKIM verifier
+# for the signing tests.
 # rspamd, clamav-daemon, opendkim: the content-scanning tests start their own instances from
 # temp dirs on loopback ports; clamd gets a tiny signature database the test writes.
 # clamav-freshclam comes in as a dependency, but like the other services it is not started
 # (policy-rc.d below) and is disabled afterwards, so no signature download ever happens.
-PKGS=(postfix swaks libnet-ssleay-perl dovecot-core dovecot-lmtpd msmtp python3 ca-certificates openssl iproute2
+PKGS=(postfix swaks libnet-ssleay-perl dovecot-core dovecot-lmtpd msmtp python3 python3-dkim ca-certificates openssl iproute2
 	rspamd clamav-daemon opendkim opendkim-tools)
 
 SUDO=""

@@ -40,7 +40,7 @@ func rootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(serveCmd(), configCmd(), checkCmd(), queueCmd(), quarantineCmd())
+	root.AddCommand(serveCmd(), configCmd(), checkCmd(), queueCmd(), quarantineCmd(), userCmd(), dkimCmd())
 	return root
 }
 

@@ -5,6 +5,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,19 +32,25 @@ import (
 	"github.com/postamt/postamt/internal/transport/lmtp"
 	"github.com/postamt/postamt/internal/transport/maildir"
 	"github.com/postamt/postamt/internal/transport/remote"
+	"github.com/postamt/postamt/internal/users"
 )
 
 // App is a running server.
 type App struct {
-	Config  *config.Config
-	Queue   *queue.Queue
-	SMTP    *smtpserver.Server
-	log     *slog.Logger
-	addrs   []net.Addr
-	metrics *observe.MetricsServer
-	admin   *admin.Server
-	checks  *builtChecks
-	remote  *remote.Transport
+	Config *config.Config
+	Queue  *queue.Queue
+	SMTP   *smtpserver.Server
+	// Submission serves the submission listeners (nil when none is configured).
+	Submission *smtpserver.Server
+	log        *slog.Logger
+	addrs      []net.Addr
+	subAddrs   []net.Addr
+	users      *users.Store
+	acme       *certs.ACME
+	metrics    *observe.MetricsServer
+	admin      *admin.Server
+	checks     *builtChecks
+	remote     *remote.Transport
 	// Quarantine holds the messages checks quarantined; its release loop runs until Shutdown.
 	Quarantine   *quarantine.Store
 	stopReleases context.CancelFunc
@@ -109,7 +116,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		q.Close(context.Background())
 		return nil, err
 	}
-	tlsConf, err := certs.ServerConfig(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.Path("tls"), cfg.Hostname)
+	tlsConf, err := certs.ServerConfigReload(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.Path("tls"), cfg.Hostname, cfg.TLS.ReloadInterval.D(), log)
 	if err != nil {
 		qs.Close()
 		q.Close(context.Background())
@@ -117,8 +124,28 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 	}
 	checks, err := buildChecks(cfg, checkDeps{Resolver: resolver, Now: time.Now, Logger: log})
 	if err != nil {
+		qs.Close()
 		q.Close(context.Background())
 		return nil, err
+	}
+	var acme *certs.ACME
+	if cfg.TLS.ACME {
+		domains := cfg.TLS.ACMEDomains
+		if len(domains) == 0 {
+			domains = []string{cfg.Hostname}
+		}
+		// The self-signed (or file) certificate serves until the CA has issued one.
+		acme, err = certs.NewACME(context.Background(), certs.ACMEOptions{
+			CA: cfg.TLS.ACMECA, Email: cfg.TLS.ACMEEmail, Domains: domains, Storage: cfg.Path("acme"),
+			HTTPListen: cfg.TLS.ACMEHTTPListen, CARoot: cfg.TLS.ACMECARoot, Fallback: tlsConf, Log: log,
+		})
+		if err != nil {
+			qs.Close()
+			q.Close(context.Background())
+			checks.Close()
+			return nil, fmt.Errorf("tls.acme: %w", err)
+		}
+		tlsConf = acme.TLSConfig()
 	}
 	l := cfg.SMTP
 	srv := smtpserver.New(smtpserver.Options{
@@ -138,21 +165,67 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		GreetDelay:    checks.GreetDelay,
 		Quarantine:    qs,
 	})
-	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, checks: checks, remote: out, Quarantine: qs, errc: make(chan error, len(l.Listen))}
-	var lns []net.Listener
-	for _, addr := range l.Listen {
+	sub := cfg.Submission
+	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, checks: checks, remote: out, Quarantine: qs, acme: acme,
+		errc: make(chan error, len(l.Listen)+len(sub.Listen)+len(sub.ListenTLS))}
+	type listener struct {
+		ln      net.Listener
+		srv     *smtpserver.Server
+		service string
+	}
+	var lns []listener
+	fail := func(err error) (*App, error) {
+		for _, x := range lns {
+			x.ln.Close()
+		}
+		if a.users != nil {
+			a.users.Close()
+		}
+		if acme != nil {
+			acme.Stop()
+		}
+		qs.Close()
+		q.Close(context.Background())
+		checks.Close()
+		return nil, err
+	}
+	if len(sub.Listen)+len(sub.ListenTLS) > 0 {
+		if a.users, a.Submission, err = startSubmission(cfg, log, rt, q, tlsConf, hist); err != nil {
+			return fail(err)
+		}
+	}
+	listen := func(option, addr string, s *smtpserver.Server, service string, implicitTLS bool) error {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
-			for _, x := range lns {
-				x.Close()
-			}
-			qs.Close()
-			q.Close(context.Background())
-			checks.Close()
-			return nil, fmt.Errorf("smtp.listen %s: %w", addr, err)
+			return fmt.Errorf("%s %s: %w", option, addr, err)
 		}
-		lns = append(lns, ln)
-		a.addrs = append(a.addrs, ln.Addr())
+		if service == "smtp" {
+			a.addrs = append(a.addrs, ln.Addr())
+		} else {
+			a.subAddrs = append(a.subAddrs, ln.Addr())
+		}
+		if implicitTLS {
+			// RFC 8314 §3.3: the session starts with the TLS handshake; the server finishes
+			// it before its greeting.
+			ln = tls.NewListener(ln, tlsConf)
+		}
+		lns = append(lns, listener{ln, s, service})
+		return nil
+	}
+	for _, addr := range l.Listen {
+		if err := listen("smtp.listen", addr, srv, "smtp", false); err != nil {
+			return fail(err)
+		}
+	}
+	for _, addr := range sub.Listen {
+		if err := listen("submission.listen", addr, a.Submission, "submission", false); err != nil {
+			return fail(err)
+		}
+	}
+	for _, addr := range sub.ListenTLS {
+		if err := listen("submission.listen_tls", addr, a.Submission, "submissions", true); err != nil {
+			return fail(err)
+		}
 	}
 	q.Start()
 	rctx, stop := context.WithCancel(context.Background())
@@ -162,10 +235,10 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		// `postamt quarantine release` marks messages; this loop delivers them.
 		qs.RunReleases(rctx, q, releasePoll, log)
 	}()
-	for _, ln := range lns {
-		log.Info("listening", "addr", ln.Addr().String(), "service", "smtp")
+	for _, x := range lns {
+		log.Info("listening", "addr", x.ln.Addr().String(), "service", x.service)
 		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, smtpserver.ErrServerClosed) {
+			if err := x.srv.Serve(x.ln); err != nil && !errors.Is(err, smtpserver.ErrServerClosed) {
 				a.errc <- err
 			}
 		}()
@@ -196,6 +269,10 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 // Addrs are the addresses the SMTP listeners are bound to (useful with port 0).
 func (a *App) Addrs() []net.Addr { return a.addrs }
 
+// SubmissionAddrs are the submission listeners' addresses: submission.listen first, then
+// submission.listen_tls.
+func (a *App) SubmissionAddrs() []net.Addr { return a.subAddrs }
+
 // AdminAddr is the admin API's loopback TCP address, nil without [admin] listen.
 func (a *App) AdminAddr() net.Addr {
 	if a.admin == nil {
@@ -216,6 +293,17 @@ func (a *App) Shutdown(ctx context.Context) error {
 		a.metrics.Close(ctx)
 	}
 	err := a.SMTP.Shutdown(ctx)
+	if a.Submission != nil {
+		if serr := a.Submission.Shutdown(ctx); err == nil {
+			err = serr
+		}
+	}
+	if a.users != nil {
+		a.users.Close()
+	}
+	if a.acme != nil {
+		a.acme.Stop()
+	}
 	a.stopReleases()
 	<-a.releasesDone
 	a.Quarantine.Close()
@@ -265,7 +353,7 @@ func (a *App) counters() []observe.Counter {
 			return float64(pick(p, f, m))
 		}
 	}
-	return []observe.Counter{
+	cs := []observe.Counter{
 		{Name: "smtp_connections_total", Help: "SMTP connections accepted.", Value: i(st.Connections.Load)},
 		{Name: "smtp_connections_refused_total", Help: "SMTP connections refused with 421 (limits).", Value: i(st.Refused.Load)},
 		{Name: "smtp_connections_active", Help: "Open SMTP sessions.", Gauge: true, Value: func() float64 { return float64(a.SMTP.Active()) }},
@@ -287,6 +375,17 @@ func (a *App) counters() []observe.Counter {
 			return float64(n)
 		}},
 	}
+	if a.Submission != nil {
+		sub := &a.Submission.Stats
+		cs = append(cs,
+			observe.Counter{Name: "submission_connections_total", Help: "Submission connections accepted.", Value: i(sub.Connections.Load)},
+			observe.Counter{Name: "submission_messages_accepted_total", Help: "Submitted messages acknowledged with 250.", Value: i(sub.Messages.Load)},
+			observe.Counter{Name: "submission_messages_rejected_total", Help: "Submitted messages refused after DATA (sender, size, limits).", Value: i(sub.Rejected.Load)},
+			observe.Counter{Name: "submission_auth_total", Help: "AUTH exchanges by outcome.", Labels: map[string]string{"result": "ok"}, Value: i(sub.AuthOK.Load)},
+			observe.Counter{Name: "submission_auth_total", Help: "AUTH exchanges by outcome.", Labels: map[string]string{"result": "failed"}, Value: i(sub.AuthFailed.Load)},
+		)
+	}
+	return cs
 }
 
 // outboundTransport builds delivery to other domains from [outbound].

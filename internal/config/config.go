@@ -24,6 +24,9 @@ type Config struct {
 	Admin      Admin      `toml:"admin"`
 	Checks     Checks     `toml:"checks"`
 	Quarantine Quarantine `toml:"quarantine"`
+	// Submission and DKIM: mail from the server's own users and applications.
+	Submission Submission `toml:"submission"`
+	DKIM       DKIM       `toml:"dkim"`
 	file       string     // where the settings came from, for messages
 	pos        positions  // option → line, for semantic errors
 }
@@ -49,6 +52,57 @@ type SMTP struct {
 type TLS struct {
 	CertFile string `toml:"cert_file"`
 	KeyFile  string `toml:"key_file"`
+	// ReloadInterval is how often at most the certificate files are checked for a change (new
+	// files are used without a restart).
+	ReloadInterval Duration `toml:"reload_interval"`
+	// ACME obtains and renews the certificate from an ACME CA (Let's Encrypt by default)
+	// instead of cert_file/key_file, answering the HTTP-01 challenge on ACMEHTTPListen.
+	ACME           bool     `toml:"acme"`
+	ACMEEmail      string   `toml:"acme_email"`
+	ACMECA         string   `toml:"acme_ca"`
+	ACMEDomains    []string `toml:"acme_domains"` // default: [hostname]
+	ACMEHTTPListen string   `toml:"acme_http_listen"`
+	ACMECARoot     string   `toml:"acme_ca_root"` // PEM roots for a private CA's HTTPS
+}
+
+// Submission is mail from the server's own users and applications: RFC 6409 (port 587,
+// STARTTLS) and RFC 8314 (port 465, implicit TLS). Both require AUTH. Off until a listener is
+// configured.
+type Submission struct {
+	Listen    []string `toml:"listen"`     // STARTTLS listeners, 587-style
+	ListenTLS []string `toml:"listen_tls"` // implicit-TLS listeners, 465-style
+	// RequireTLS offers AUTH only under TLS (530 5.7.0 before STARTTLS). Turn it off only for a
+	// listener on loopback.
+	RequireTLS bool `toml:"require_tls"`
+	// HideClientIP leaves the client's address and HELO name out of the Received header of
+	// submitted mail.
+	HideClientIP bool `toml:"hide_client_ip"`
+	// UsersDB is the account database (relative to data_dir).
+	UsersDB string `toml:"users_db"`
+	// Per-user sending limits; 0 disables one.
+	MaxMessagesPerHour      int `toml:"max_messages_per_hour"`
+	MaxRecipientsPerMessage int `toml:"max_recipients_per_message"`
+	MaxRecipientsPerHour    int `toml:"max_recipients_per_hour"`
+	// Failed AUTH: the first failure waits AuthFailureDelay, each further one twice as long (up
+	// to 8 s); AuthFailuresPerIP or AuthFailuresPerUser failures within AuthLockout lock the
+	// address or the account out for AuthLockout (421 4.7.0).
+	AuthFailureDelay    Duration `toml:"auth_failure_delay"`
+	AuthFailuresPerIP   int      `toml:"auth_failures_per_ip"`
+	AuthFailuresPerUser int      `toml:"auth_failures_per_user"`
+	AuthLockout         Duration `toml:"auth_lockout"`
+}
+
+// DKIM signs submitted mail. Keys live in KeyDir/<domain>/<selector>.key, where
+// `postamt dkim keygen` writes them.
+type DKIM struct {
+	KeyDir  string                `toml:"key_dir"` // relative to data_dir
+	Domains map[string]DKIMDomain `toml:"domains"`
+}
+
+// DKIMDomain lists a signing domain's selectors; each makes one signature (an RSA and an
+// Ed25519 selector give dual signing).
+type DKIMDomain struct {
+	Selectors []string `toml:"selectors"`
 }
 
 type Queue struct {
@@ -155,6 +209,15 @@ func Default() *Config {
 		Metrics:    Metrics{Listen: ""},
 		Checks:     defaultChecks(),
 		Quarantine: Quarantine{Path: "quarantine.db"},
+		TLS: TLS{ReloadInterval: Duration(5 * time.Second),
+			ACMECA: "https://acme-v02.api.letsencrypt.org/directory", ACMEHTTPListen: ":80"},
+		Submission: Submission{
+			RequireTLS: true, HideClientIP: true, UsersDB: "users.db",
+			MaxMessagesPerHour: 500, MaxRecipientsPerMessage: 100, MaxRecipientsPerHour: 1000,
+			AuthFailureDelay: Duration(500 * time.Millisecond), AuthFailuresPerIP: 10, AuthFailuresPerUser: 5,
+			AuthLockout: Duration(15 * time.Minute),
+		},
+		DKIM: DKIM{KeyDir: "dkim"},
 	}
 }
 

@@ -184,7 +184,12 @@ func scanPositions(data []byte) (positions, error) {
 				table = []string{fmt.Sprintf("%s[%d]", name, arrays[name])}
 				arrays[name]++
 			}
-			pos[strings.Join(table, ".")] = p.Shape(e.Raw).Start.Line
+			// A table expression has no Raw range of its own; its key's first part has.
+			line := p.Shape(e.Raw).Start.Line
+			if kit := e.Key(); kit.Next() {
+				line = p.Shape(kit.Node().Raw).Start.Line
+			}
+			pos[strings.Join(table, ".")] = line
 		case unstable.KeyValue:
 			k := append(append([]string{}, table...), keyParts(e.Key())...)
 			line := 0
@@ -239,6 +244,8 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	set("POSTAMT_SMTP_LISTEN", func(v string) error { c.SMTP.Listen = strings.Split(v, ","); return nil })
 	set("POSTAMT_LOG_FORMAT", func(v string) error { c.Log.Format = v; return nil })
 	set("POSTAMT_LOG_LEVEL", func(v string) error { c.Log.Level = v; return nil })
+	set("POSTAMT_SUBMISSION_LISTEN", func(v string) error { c.Submission.Listen = strings.Split(v, ","); return nil })
+	set("POSTAMT_SUBMISSION_LISTEN_TLS", func(v string) error { c.Submission.ListenTLS = strings.Split(v, ","); return nil })
 	set("POSTAMT_METRICS_LISTEN", func(v string) error { c.Metrics.Listen = v; return nil })
 	set("POSTAMT_ADMIN_LISTEN", func(v string) error { c.Admin.Listen = v; return nil })
 	if es != nil {

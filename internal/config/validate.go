@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/postamt/postamt/internal/mail"
 	"github.com/postamt/postamt/internal/smtp"
@@ -19,6 +21,8 @@ func (c *Config) Validate() error {
 	c.validateSMTP(v)
 	c.validateQueue(v)
 	c.validateLocal(v)
+	c.validateSubmission(v)
+	c.validateDKIM(v)
 	c.validateChecks(v)
 	c.validateContentChecks(v)
 	if c.Outbound.Port < 1 || c.Outbound.Port > 65535 {
@@ -269,6 +273,96 @@ func (c *Config) validateLocal(v *validator) {
 			v.hostPort("local.lmtp_address", l.LMTPAddress)
 		}
 	}
+}
+
+func (c *Config) validateSubmission(v *validator) {
+	s := c.Submission
+	for _, a := range s.Listen {
+		v.hostPort("submission.listen", a)
+	}
+	for _, a := range s.ListenTLS {
+		v.hostPort("submission.listen_tls", a)
+	}
+	if s.UsersDB == "" {
+		v.addf("submission.users_db", "must not be empty")
+	}
+	v.atLeast("submission.max_messages_per_hour", s.MaxMessagesPerHour, 0)
+	v.atLeast("submission.max_recipients_per_message", s.MaxRecipientsPerMessage, 0)
+	v.atLeast("submission.max_recipients_per_hour", s.MaxRecipientsPerHour, 0)
+	v.atLeast("submission.auth_failures_per_ip", s.AuthFailuresPerIP, 1)
+	v.atLeast("submission.auth_failures_per_user", s.AuthFailuresPerUser, 1)
+	if s.AuthFailureDelay < 0 || s.AuthFailureDelay.D() > 10*time.Second {
+		v.addf("submission.auth_failure_delay", "must be between 0s and 10s, got %v", s.AuthFailureDelay.D())
+	}
+	if s.AuthLockout <= 0 {
+		v.addf("submission.auth_lockout", "must be positive")
+	}
+	if c.TLS.ReloadInterval < 0 {
+		v.addf("tls.reload_interval", "must not be negative")
+	}
+	t := c.TLS
+	if t.ACME {
+		if t.CertFile != "" {
+			v.addf("tls.acme", "cannot be combined with cert_file/key_file: choose one source of certificates")
+		}
+		if u, err := url.Parse(t.ACMECA); err != nil || u.Scheme != "https" || u.Host == "" {
+			v.addf("tls.acme_ca", "%q must be the https:// URL of the CA's ACME directory", t.ACMECA)
+		}
+		v.hostPort("tls.acme_http_listen", t.ACMEHTTPListen)
+		for _, d := range t.ACMEDomains {
+			if a, err := smtp.ParseAddress("x@"+d, false); err != nil || strings.HasPrefix(d, "[") || !strings.Contains(d, ".") || a.ASCIIDomain() != strings.ToLower(d) {
+				v.addf("tls.acme_domains", "%q is not a valid (ASCII) host name", d)
+			}
+		}
+		if t.ACMECARoot != "" {
+			if _, err := os.Stat(t.ACMECARoot); err != nil {
+				v.addf("tls.acme_ca_root", "cannot read %s: %v", t.ACMECARoot, err)
+			}
+		}
+	}
+}
+
+func (c *Config) validateDKIM(v *validator) {
+	d := c.DKIM
+	if d.KeyDir == "" {
+		v.addf("dkim.key_dir", "must not be empty")
+	}
+	for _, dom := range slices.Sorted(maps.Keys(d.Domains)) {
+		opt := "dkim.domains." + dom
+		a, err := smtp.ParseAddress("x@"+dom, true)
+		if err != nil || strings.HasPrefix(dom, "[") || !strings.Contains(dom, ".") {
+			v.addf(opt, "%q is not a valid domain name", dom)
+		} else if a.ASCIIDomain() != dom {
+			v.addf(opt, "write the domain as %q (lower case, ASCII)", a.ASCIIDomain())
+		}
+		sels := d.Domains[dom].Selectors
+		if len(sels) == 0 {
+			v.addf(opt+".selectors", "at least one selector is needed")
+		}
+		for _, s := range sels {
+			if !validSelector(s) {
+				v.addf(opt+".selectors", "%q is not a valid selector (letters, digits, hyphens; dots between labels)", s)
+			}
+		}
+	}
+}
+
+// validSelector: a selector is one or more DNS labels (RFC 6376 §3.1); it also names a file.
+func validSelector(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for _, l := range strings.Split(s, ".") {
+		if l == "" || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for _, r := range l {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func (c *Config) validateOutboundTLS(v *validator) {

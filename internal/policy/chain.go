@@ -192,7 +192,15 @@ func (c *Chain) Data(ctx context.Context, t *Txn, m Message) Result {
 // stage runs a transaction stage and keeps what it found on the transaction, so that headers
 // and scores from MAIL and RCPT reach the message.
 func (c *Chain) stage(ctx context.Context, name string, t *Txn, call func(ctx context.Context, ch Check) (Verdict, bool)) Result {
-	r := c.run(ctx, name, t.Score, call)
+	t.pending = nil
+	r := c.run(ctx, name, t.Score, func(ctx context.Context, ch Check) (Verdict, bool) {
+		v, ok := call(ctx, ch)
+		if ok && v.Err == nil {
+			t.pending = append(t.pending, v.Headers...)
+		}
+		return v, ok
+	})
+	t.pending = nil
 	if c == nil {
 		return r
 	}

@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/postamt/postamt/internal/smtp"
@@ -87,4 +88,47 @@ func TestParseAction(t *testing.T) {
 	if _, err := ParseAction("drop"); err == nil {
 		t.Error("drop accepted")
 	}
+}
+
+type addHeader struct{ name, h string }
+
+func (a addHeader) Name() string { return a.name }
+func (a addHeader) CheckData(_ context.Context, t *Txn, _ Message) Verdict {
+	return Verdict{Headers: []string{a.h}}
+}
+
+// seeHeaders records what AddedHeaders showed it.
+type seeHeaders struct{ saw *[]string }
+
+func (seeHeaders) Name() string { return "see" }
+func (s seeHeaders) CheckData(_ context.Context, t *Txn, _ Message) Verdict {
+	*s.saw = t.AddedHeaders()
+	return Verdict{Headers: []string{"X-Seen: yes"}}
+}
+
+// A later check of the same stage sees the headers of the earlier ones (a signer must sign the
+// fixed-up message); a failed check's headers are not among them.
+func TestAddedHeadersWithinStage(t *testing.T) {
+	var saw []string
+	c := &Chain{Entries: []Entry{
+		{Check: addHeader{"a", "Date: x"}},
+		{Check: errCheck{}},
+		{Check: addHeader{"b", "Message-ID: <y>"}},
+		{Check: seeHeaders{&saw}},
+	}}
+	txn := &Txn{Conn: &Conn{}, Headers: []string{"X-Mail-Stage: 1"}}
+	c.Data(context.Background(), txn, nil)
+	if got := strings.Join(saw, "|"); got != "X-Mail-Stage: 1|Date: x|Message-ID: <y>" {
+		t.Errorf("AddedHeaders during the stage = %q", got)
+	}
+	if got := strings.Join(txn.Headers, "|"); got != "X-Mail-Stage: 1|Date: x|Message-ID: <y>|X-Seen: yes" {
+		t.Errorf("Headers after the stage = %q", got)
+	}
+}
+
+type errCheck struct{}
+
+func (errCheck) Name() string { return "err" }
+func (errCheck) CheckData(context.Context, *Txn, Message) Verdict {
+	return Verdict{Headers: []string{"X-Broken: 1"}, Err: errors.New("down")}
 }

@@ -137,6 +137,16 @@ type Txn struct {
 	Outcomes []Outcome
 	// Overwrites collected at DATA, applied by the server before the headers are added.
 	Overwrites []Overwrite
+
+	pending []string // headers of earlier checks in the running stage, not yet in Headers
+}
+
+// AddedHeaders returns every header field checks have added so far, including those of the
+// earlier checks of the stage now running, in the order they will stand at the top of the
+// message. A check that must see the message as it will leave (a DKIM signer, which runs last)
+// reads these followed by Message.Open().
+func (t *Txn) AddedHeaders() []string {
+	return append(t.Headers[:len(t.Headers):len(t.Headers)], t.pending...)
 }
 
 // Message gives DATA-stage checks the received message: our Received header first, then the

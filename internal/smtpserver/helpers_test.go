@@ -57,7 +57,12 @@ type envOpts struct {
 	noTLS  bool
 	fs     spool.FS
 	policy *policy.Chain
-	greet  time.Duration
+	// Submission: an authenticator, AUTH required for MAIL, and an implicit-TLS listener.
+	auth           smtpserver.Authenticator
+	requireAuth    bool
+	implicitTLS    bool
+	allowPlainAuth bool
+	greet          time.Duration
 	// quarantine, when set, receives quarantined messages.
 	quarantine smtpserver.QuarantineIntake
 }
@@ -91,10 +96,14 @@ func newEnv(t *testing.T, o envOpts) *testEnv {
 		o.limits.MaxMessageSize = 1 << 20
 	}
 	srv := smtpserver.New(smtpserver.Options{Hostname: "mx.example.test", Limits: o.limits, TLS: tlsConf,
-		Router: r, Intake: q, Logger: log, Policy: o.policy, GreetDelay: o.greet, Quarantine: o.quarantine})
+		Router: r, Intake: q, Logger: log, Policy: o.policy, GreetDelay: o.greet, Quarantine: o.quarantine,
+		Auth: o.auth, RequireAuth: o.requireAuth, AllowPlaintextAuth: o.allowPlainAuth})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if o.implicitTLS {
+		ln = tls.NewListener(ln, tlsConf)
 	}
 	go srv.Serve(ln)
 	e := &testEnv{t: t, addr: ln.Addr().String(), q: q, rec: rec, srv: srv, logs: logs}

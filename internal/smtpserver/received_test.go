@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/postamt/postamt/internal/mail"
+	"github.com/postamt/postamt/internal/policy"
 	"github.com/postamt/postamt/internal/smtp"
 )
 
@@ -27,10 +28,22 @@ func TestReceivedGolden(t *testing.T) {
 		"esmtp-one":     {helo: "client.example", esmtp: true, tx: &txn{rcpts: one, rcptCmds: 1}},
 		"esmtps-two":    {helo: "client.example", esmtp: true, tls: tlsState, tx: &txn{rcpts: two, rcptCmds: 2}},
 		"utf8smtps-one": {helo: "[192.0.2.7]", esmtp: true, tls: tlsState, tx: &txn{rcpts: one, rcptCmds: 1, params: smtp.MailParams{SMTPUTF8: true}}},
+		// Submission: authenticated (RFC 3848 ESMTPSA), client address and HELO left out.
+		"esmtpsa-hidden": {helo: "laptop.home", esmtp: true, tls: tlsState, tx: &txn{rcpts: one, rcptCmds: 1},
+			pc: &policy.Conn{AuthUser: "alice@example.test"}},
+		"esmtpsa-shown": {helo: "laptop.home", esmtp: true, tls: tlsState, tx: &txn{rcpts: two, rcptCmds: 2},
+			pc: &policy.Conn{AuthUser: "alice@example.test"}},
 	}
+	hidden := New(Options{Hostname: "mx.example.test", Now: func() time.Time { return now }, HideClientIP: true})
 	for name, s := range cases {
 		t.Run(name, func(t *testing.T) {
 			s.srv = srv
+			if name == "esmtpsa-hidden" {
+				s.srv = hidden
+			}
+			if s.pc == nil {
+				s.pc = &policy.Conn{}
+			}
 			s.ip = netip.MustParseAddr("192.0.2.7")
 			got := s.received("00362PJ6M70L4000")
 			file := filepath.Join("testdata", "received-"+name+".golden")

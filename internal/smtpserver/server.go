@@ -25,6 +25,7 @@ import (
 	"github.com/postamt/postamt/internal/mail"
 	"github.com/postamt/postamt/internal/observe"
 	"github.com/postamt/postamt/internal/policy"
+	"github.com/postamt/postamt/internal/scram"
 	"github.com/postamt/postamt/internal/smtp"
 	"github.com/postamt/postamt/internal/spool"
 )
@@ -32,6 +33,25 @@ import (
 // Router decides about each recipient; see router.Router.
 type Router interface {
 	Resolve(p smtp.Path, authenticated bool) ([]mail.Recipient, *smtp.Reply)
+}
+
+// Authenticator checks AUTH credentials; see submission.Authenticator. It returns the
+// canonical user name, or an error: an *smtp.Reply to send as is (a 421 also ends the
+// session), anything else means the credentials are wrong (535 5.7.8).
+type Authenticator interface {
+	Authenticate(ctx context.Context, ip netip.Addr, user, password string) (string, error)
+}
+
+// ScramAuthenticator is an Authenticator that also offers SCRAM-SHA-256 (RFC 7677), in which
+// the password never crosses the wire.
+type ScramAuthenticator interface {
+	Authenticator
+	// ScramCredentials returns the user's verifier (made up for an unknown user, so the exchange
+	// fails only at the proof), or an *smtp.Reply to send (a lockout).
+	ScramCredentials(ctx context.Context, ip netip.Addr, user string) (scram.Credentials, error)
+	// ScramDone records the outcome of the proof check. On success it returns the canonical
+	// user name; on failure the *smtp.Reply to send (as Authenticate would).
+	ScramDone(ctx context.Context, ip netip.Addr, user string, ok bool) (string, error)
 }
 
 // Intake takes accepted messages; see queue.Queue.
@@ -74,6 +94,16 @@ type Options struct {
 	Listener string
 	// Policy runs the configured checks at each stage; nil accepts everything the router does.
 	Policy *policy.Chain
+	// Auth, when set, offers AUTH PLAIN and LOGIN (RFC 4954) — only once TLS is active unless
+	// AllowPlaintextAuth is set. Submission listeners set it; the MX listener does not.
+	Auth Authenticator
+	// AllowPlaintextAuth offers AUTH without TLS (never on a network anyone else can see).
+	AllowPlaintextAuth bool
+	// RequireAuth refuses MAIL until the client has authenticated (RFC 6409 §4.3).
+	RequireAuth bool
+	// HideClientIP leaves the client's address and HELO name out of our Received header, so a
+	// submitted message does not tell its recipients where its author was.
+	HideClientIP bool
 	// GreetDelay, when > 0, holds the greeting back that long and notes a client that talks
 	// first (policy.Conn.PreGreet), as Postfix's postscreen does; connection checks decide.
 	GreetDelay time.Duration
@@ -105,6 +135,8 @@ type Server struct {
 // Stats counts what happened, for metrics.
 type Stats struct {
 	Connections, Refused, Messages, Rejected atomic.Int64
+	// AuthOK and AuthFailed count AUTH exchanges that ended in 235 and in a refusal.
+	AuthOK, AuthFailed atomic.Int64
 }
 
 // New returns a Server; call Serve for each listener.

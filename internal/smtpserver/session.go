@@ -17,6 +17,7 @@ import (
 
 	"github.com/postamt/postamt/internal/mail"
 	"github.com/postamt/postamt/internal/policy"
+	"github.com/postamt/postamt/internal/scram"
 	"github.com/postamt/postamt/internal/smtp"
 	"github.com/postamt/postamt/internal/spool"
 )
@@ -41,10 +42,22 @@ type session struct {
 	quit     bool
 	end      string // why the session ended, for the log line
 
-	tx *txn
-	pc *policy.Conn // what checks see of this session
+	tx     *txn
+	pc     *policy.Conn // what checks see of this session
+	inAuth bool         // reading SASL responses, which may be longer than commands
 	// Outcomes of the connect and (last) HELO checks, for each message's log line.
 	connOut, heloOut []policy.Outcome
+}
+
+// authLineMax is RFC 4954 §4's limit for AUTH command and response lines, CRLF included.
+const authLineMax = 12288
+
+func readerSize(o *Options) int {
+	n := max(1024, o.Limits.MaxLineLength+2)
+	if o.Auth != nil {
+		n = max(n, authLineMax+2)
+	}
+	return n
 }
 
 // txn is the current mail transaction (MAIL FROM until the end of data or RSET).
@@ -65,7 +78,7 @@ func (s *Server) serveConn(c net.Conn, ip netip.Addr) {
 	defer s.release(c, ip)
 	sess := &session{
 		srv: s, conn: c, ip: ip, id: s.opts.IDs.New(), start: s.opts.Now(),
-		r:   bufio.NewReaderSize(c, max(1024, s.opts.Limits.MaxLineLength+2)),
+		r:   bufio.NewReaderSize(c, readerSize(&s.opts)),
 		w:   bufio.NewWriterSize(c, 1024),
 		ctx: context.Background(),
 	}
@@ -137,7 +150,12 @@ func (s *session) readLine() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(line) > s.srv.opts.Limits.MaxLineLength {
+	limit := s.srv.opts.Limits.MaxLineLength
+	if s.srv.opts.Auth != nil && (s.inAuth || len(line) >= 5 && strings.EqualFold(string(line[:5]), "AUTH ")) {
+		// RFC 4954 §4: AUTH lines may be up to 12288 octets (long passwords in base64).
+		limit = max(limit, authLineMax)
+	}
+	if len(line) > limit {
 		return nil, errLineTooLong
 	}
 	if len(line) < 2 || line[len(line)-2] != '\r' {
@@ -176,6 +194,12 @@ func (s *session) serve() {
 		s.end = "refused at connect: " + policy.Summary(r.Outcomes)
 		s.srv.log.Info("connection refused by policy", "session", s.id, "client", s.ip.String(), "checks", policy.Summary(r.Outcomes), "reason", r.Reason)
 		return
+	}
+	// Implicit TLS (RFC 8314 §3.3): the handshake comes before the greeting.
+	if tc, ok := s.conn.(*tls.Conn); ok && s.tls == nil {
+		if !s.handshake(tc) {
+			return
+		}
 	}
 	// RFC 5321 §4.2 and RFC 2034 §3: no enhanced code in the greeting.
 	s.reply(smtp.NewReply(220, smtp.EnhancedCode{}, host+" ESMTP Postamt"))
@@ -287,7 +311,7 @@ func (s *session) command(line []byte) {
 	case "HELP":
 		s.reply(smtp.NewReply(214, smtp.CodeOK, "See https://www.rfc-editor.org/rfc/rfc5321"))
 	case "AUTH":
-		s.reply(smtp.NewReply(502, smtp.CodeInvalidCommand, "AUTH is not available on this service"))
+		s.cmdAuth(args)
 	case "GET", "POST", "HEAD", "PUT", "CONNECT", "USER":
 		// Postfix's smtpd_forbidden_commands: a web or proxy request sent to the SMTP port is an
 		// attack or a mistake; end it rather than answering every header line.
@@ -332,6 +356,13 @@ func (s *session) cmdHello(args string, ehlo bool) {
 	if s.srv.opts.TLS != nil && s.tls == nil {
 		ext = append(ext, "STARTTLS")
 	}
+	if s.authOffered() {
+		if _, ok := s.srv.opts.Auth.(ScramAuthenticator); ok {
+			ext = append(ext, "AUTH "+scram.Mechanism+" PLAIN LOGIN")
+		} else {
+			ext = append(ext, "AUTH PLAIN LOGIN")
+		}
+	}
 	s.reply(smtp.NewReply(250, smtp.EnhancedCode{}, strings.Join(ext, "\n")))
 }
 
@@ -375,22 +406,32 @@ func (s *session) cmdStartTLS(args string) {
 		s.srv.log.Warn("discarding commands pipelined after STARTTLS", "session", s.id, "client", s.ip.String(), "bytes", n)
 		s.r.Discard(n)
 	}
-	tc := tls.Server(s.conn, s.srv.opts.TLS)
+	if !s.handshake(tls.Server(s.conn, s.srv.opts.TLS)) {
+		return
+	}
+	// RFC 3207 §4.2: forget everything learnt before TLS; the client must EHLO again.
+	s.abortTx()
+	s.helo, s.esmtp = "", false
+	s.pc.Helo, s.pc.AuthUser = "", ""
+}
+
+// handshake runs the TLS handshake on tc (after STARTTLS, or first thing on an implicit-TLS
+// listener) and makes it the session's connection.
+func (s *session) handshake(tc *tls.Conn) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.opts.Limits.CommandTimeout)
 	defer cancel()
 	s.conn.SetDeadline(time.Now().Add(s.srv.opts.Limits.CommandTimeout))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		s.srv.log.Info("TLS handshake failed", "session", s.id, "client", s.ip.String(), "err", err)
 		s.quit, s.end = true, "TLS handshake failed"
-		return
+		return false
 	}
 	s.conn.SetDeadline(time.Time{})
 	st := tc.ConnectionState()
 	s.tls = &st
+	s.pc.TLS = &st
 	s.conn = tc
 	s.r.Reset(tc)
 	s.w.Reset(tc)
-	// RFC 3207 §4.2: forget everything learnt before TLS; the client must EHLO again.
-	s.abortTx()
-	s.helo, s.esmtp = "", false
+	return true
 }

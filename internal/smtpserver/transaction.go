@@ -49,6 +49,14 @@ func (s *session) cmdMail(args string) {
 		s.reply(errNestedMail)
 		return
 	}
+	if s.srv.opts.RequireAuth && s.pc.AuthUser == "" {
+		if s.tls == nil && !s.srv.opts.AllowPlaintextAuth {
+			s.reply(errAuthNeedTLS)
+		} else {
+			s.reply(errAuthRequired)
+		}
+		return
+	}
 	arg, ok := cutPrefixFold(args, "FROM:")
 	if !ok {
 		s.reply(smtp.NewReply(501, smtp.EnhancedCode{5, 5, 4}, "Syntax: MAIL FROM:<address>"))
@@ -122,7 +130,7 @@ func (s *session) cmdRcpt(args string) {
 		s.reply(smtp.NewReply(452, smtp.CodeTooManyRcpts, "Too many recipients"))
 		return
 	}
-	rcpts, reply := s.srv.opts.Router.Resolve(path, false)
+	rcpts, reply := s.srv.opts.Router.Resolve(path, s.pc.AuthUser != "")
 	if reply != nil {
 		s.srv.log.Info("recipient rejected", "session", s.id, "client", s.ip.String(), "from", s.tx.from.String(),
 			"to", path.String(), "reply", reply.Line())
@@ -384,8 +392,16 @@ func (s *session) received(id string) string {
 	if s.tls != nil {
 		proto += "S"
 	}
+	if s.pc.AuthUser != "" {
+		proto += "A" // RFC 3848: ESMTPA, ESMTPSA
+	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (Postamt) with %s id %s", s.helo, s.ip.String(), s.srv.opts.Hostname, proto, id)
+	if s.srv.opts.HideClientIP {
+		// RFC 5321 §4.4 lets the FROM clause go; the "by" clause and the date are what trace needs.
+		fmt.Fprintf(&b, "Received: by %s (Postamt) with %s id %s", s.srv.opts.Hostname, proto, id)
+	} else {
+		fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (Postamt) with %s id %s", s.helo, s.ip.String(), s.srv.opts.Hostname, proto, id)
+	}
 	if s.tls != nil {
 		fmt.Fprintf(&b, "\r\n\t(version=%s cipher=%s)", tls.VersionName(s.tls.Version), tls.CipherSuiteName(s.tls.CipherSuite))
 	}
