@@ -334,7 +334,7 @@ func TestARCSealInstances(t *testing.T) {
 
 func TestParseTags(t *testing.T) {
 	for in, want := range map[string]string{
-		"a=1; b = 2 ;c=":        "map[a:1 b:2 c:]",
+		"a=1; b = 2 ;c=":         "map[a:1 b:2 c:]",
 		" i=1;\r\n\tb=ab\r\n cd": "map[b:ab\r\n cd i:1]",
 		"a=1;;b=2":               "error",
 		"a=1; a=2":               "error",
