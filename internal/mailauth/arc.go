@@ -33,6 +33,10 @@ const (
 // maxARCSets is RFC 8617 §4.2.1's limit: a chain with more sets fails.
 const maxARCSets = 50
 
+// maxBodyHashes bounds how often one message's body is hashed (each distinct c= and l= of
+// the chain's signatures needs its own pass).
+const maxBodyHashes = 4
+
 // ARCResult is the validation of a message's Authenticated Received Chain (RFC 8617 §5.2).
 type ARCResult struct {
 	Result string // none, pass, fail, temperror
@@ -684,10 +688,14 @@ func VerifyARC(ctx context.Context, r dns.Resolver, msg io.Reader) ARCResult {
 		res.Result = "none"
 		return res
 	}
-	// One pass over the body computes every body hash the signatures need.
+	// One pass over the body computes the body hashes the signatures need, newest first; a
+	// chain that asks for more distinct ones than maxBodyHashes (c= and l= combinations) gets
+	// its older signatures counted as not verifying rather than the body hashed once for each.
 	hashers := map[bodyKey]*bodyHasher{}
 	keys := make([]bodyKey, len(sets))
-	for n, s := range sets {
+	badL := make([]bool, len(sets))
+	for n := len(sets) - 1; n >= 0; n-- {
+		s := sets[n]
 		_, rb, err := canon(s.amsTags["c"])
 		if err != nil {
 			rb = true // reported when that signature is checked
@@ -696,12 +704,13 @@ func VerifyARC(ctx context.Context, r dns.Resolver, msg io.Reader) ARCResult {
 		if l, ok := s.amsTags["l"]; ok {
 			v, err := strconv.ParseInt(strings.TrimSpace(l), 10, 64)
 			if err != nil || v < 0 {
-				return fail(res, fmt.Sprintf("ARC-Message-Signature i=%d has an invalid l=", n+1))
+				badL[n] = true
+				continue
 			}
 			k.limit = v
 		}
 		keys[n] = k
-		if hashers[k] == nil {
+		if hashers[k] == nil && len(hashers) < maxBodyHashes {
 			hashers[k] = newBodyHasher(k)
 		}
 	}
@@ -732,11 +741,17 @@ func VerifyARC(ctx context.Context, r dns.Resolver, msg io.Reader) ARCResult {
 				return errors.New("it signs ARC-Seal fields") // §4.1.2: MUST NOT
 			}
 		}
-		if short[keys[n]] {
+		sum, hashed := sums[keys[n]]
+		switch {
+		case badL[n]:
+			return errors.New("invalid l=")
+		case !hashed:
+			return errors.New("not checked: too many different body canonicalizations in the chain")
+		case short[keys[n]]:
 			return errors.New("l= is longer than the body")
 		}
 		bh, err := base64.StdEncoding.DecodeString(stripWS(s.amsTags["bh"]))
-		if err != nil || !bytes.Equal(bh, sums[keys[n]]) {
+		if err != nil || !bytes.Equal(bh, sum) {
 			return errors.New("body hash does not match (the body changed)")
 		}
 		return verifySig(kc, s.amsTags, signedHeaderData(fields, s.amsTags["h"], s.ams, rh))
@@ -845,6 +860,8 @@ type ARCSealer struct {
 	// Headers is the AMS h= list; nil means the usual author and content fields.
 	Headers []string
 	Now     func() time.Time // t=; nil: no t= tag
+
+	bodyLength int64 // l= when > 0; only tests use it (l= lets anyone append to the body)
 }
 
 var defaultSealHeaders = []string{"from", "to", "cc", "subject", "date", "message-id", "reply-to",
@@ -903,7 +920,11 @@ func (s *ARCSealer) Seal(msg []byte, authservID, results, cv string) (string, er
 	default:
 		return "", fmt.Errorf("unsupported key type %T", s.Signer)
 	}
-	bhash := newBodyHasher(bodyKey{relaxed: true, limit: -1})
+	limit, ltag := int64(-1), ""
+	if s.bodyLength > 0 {
+		limit, ltag = s.bodyLength, fmt.Sprintf(" l=%d;", s.bodyLength)
+	}
+	bhash := newBodyHasher(bodyKey{relaxed: true, limit: limit})
 	bhash.Write(bodyStart)
 	if _, err := io.Copy(bhash, br); err != nil {
 		return "", err
@@ -929,8 +950,8 @@ func (s *ARCSealer) Seal(msg []byte, authservID, results, cv string) (string, er
 		hdrs = defaultSealHeaders
 	}
 	aar := rawField{name: aarName, raw: fmt.Sprintf("%s: i=%d; %s;\r\n\t%s", aarName, n, authservID, results)}
-	amsRaw := fmt.Sprintf("%s: i=%d; a=%s; c=relaxed/relaxed; d=%s; s=%s;%s\r\n\th=%s;\r\n\tbh=%s;\r\n\tb=",
-		amsName, n, algo, s.Domain, s.Selector, ts, strings.Join(hdrs, ":"), base64.StdEncoding.EncodeToString(bh))
+	amsRaw := fmt.Sprintf("%s: i=%d; a=%s; c=relaxed/relaxed; d=%s; s=%s;%s%s\r\n\th=%s;\r\n\tbh=%s;\r\n\tb=",
+		amsName, n, algo, s.Domain, s.Selector, ts, ltag, strings.Join(hdrs, ":"), base64.StdEncoding.EncodeToString(bh))
 	ams := rawField{name: amsName, raw: amsRaw}
 	b, err := sign(signedHeaderData(fields, strings.Join(hdrs, ":"), &ams, true))
 	if err != nil {

@@ -173,6 +173,43 @@ func TestARCValidation(t *testing.T) {
 	}
 }
 
+// l= limits what an AMS covers; a chain that needs more than maxBodyHashes body hashes has
+// its oldest signatures counted as not verifying, which only lowers oldest-pass.
+func TestARCBodyLength(t *testing.T) {
+	z := arcZone(t)
+	sealL := func(m, domain, cv string, l int64) string {
+		s := sealer(t, domain)
+		s.bodyLength = l
+		h, err := s.Seal([]byte(m), "mx."+domain, "arc=none", cv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h + m
+	}
+	check := func(name, m, result string, oldestPass int, reason string) {
+		t.Helper()
+		r := VerifyARC(context.Background(), z, strings.NewReader(m))
+		if r.Result != result || r.OldestPass != oldestPass || !strings.Contains(r.Reason, reason) {
+			t.Errorf("%s: %s oldest-pass=%d (%s), want %s %d (%s)", name, r.Result, r.OldestPass, r.Reason, result, oldestPass, reason)
+		}
+	}
+	one := sealL(plain, "relay.example", "none", 4) // "Hell"
+	check("l=4", one, "pass", 0, "")
+	check("l=4, body appended", one+"appended\r\n", "pass", 0, "")
+	check("l=4, covered part changed", strings.Replace(one, "Hello.", "Jello.", 1), "fail", 0, "body hash does not match")
+	check("l= past the body", sealL(plain, "relay.example", "none", 100), "fail", 0, "l= is longer than the body")
+	check("invalid l=", strings.Replace(one, "l=4;", "l=-4;", 1), "fail", 0, "invalid l=")
+	m := plain
+	for i := int64(1); i <= 6; i++ {
+		cv := "pass"
+		if i == 1 {
+			cv = "none"
+		}
+		m = sealL(m, "relay.example", cv, i)
+	}
+	check("six different l=", m, "pass", 3, "")
+}
+
 // The AMS is a DKIM signature under another name, so go-msgauth's DKIM signer, an independent
 // implementation, checks our canonicalization and hashing: every signature it makes, in all
 // four c= combinations, must verify with our code, and one changed byte must not.
