@@ -19,7 +19,7 @@ set -euo pipefail
 # clamav-freshclam comes in as a dependency, but like the other services it is not started
 # (policy-rc.d below) and is disabled afterwards, so no signature download ever happens.
 PKGS=(postfix swaks libnet-ssleay-perl dovecot-core dovecot-lmtpd msmtp python3 ca-certificates openssl iproute2
-	rspamd clamav-daemon opendkim opendkim-tools)
+	rspamd clamav-daemon opendkim opendkim-tools python3-dkim python3-authres)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
