@@ -119,7 +119,8 @@ trusted_sealers = ["lists.test"]
 		}
 	}
 	log := logs.String()
-	for _, want := range []string{`checks="fcrdns=pass helo=ok spf=pass dkim=fail arc=pass dmarc=fail (arc override by d=lists.test)"`, `checks="fcrdns=pass helo=ok spf=pass dkim=fail arc=pass dmarc=fail"`} {
+	for _, want := range []string{`checks="fcrdns=pass helo=ok spf=pass dkim=fail arc=pass dmarc=fail (arc override by d=lists.test)"`, `checks="fcrdns=pass helo=ok spf=pass dkim=fail arc=pass dmarc=fail"`,
+		`msg="arc chain"`, `result=pass sets=1 sealers=lists.test oldest_pass=0 trusted=true`, `sealers=strange.test oldest_pass=0 trusted=false`} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %q", want)
 		}

@@ -846,6 +846,13 @@ func (c *ARCCheck) CheckData(ctx context.Context, t *policy.Txn, m policy.Messag
 	case "temperror":
 		v.Err = fmt.Errorf("arc temperror: %s", r.Reason)
 	}
+	if r.Result != "none" && t.Conn.Logger != nil {
+		// The per-message line has only "arc=pass"; who sealed, and why a chain failed, is
+		// what an operator deciding on trusted_sealers needs.
+		t.Conn.Logger.Info("arc chain", "session", t.Conn.SessionID, "id", t.ID, "result", r.Result,
+			"sets", r.Instances, "sealers", strings.Join(r.Sealers, ","), "oldest_pass", r.OldestPass,
+			"trusted", st.arcTrusted != "", "reason", r.Reason)
+	}
 	return v
 }
 
