@@ -519,24 +519,24 @@ func verifySig(kc *keyCache, tags map[string]string, data []byte) error {
 }
 
 // canon is a c= value split into its header and body parts (RFC 6376 §3.5, default simple).
-func canon(c string) (relaxedHeader, relaxedBody bool, err error) {
+func canon(c string) (headerRelaxed, bodyRelaxed bool, err error) {
 	c = strings.ToLower(strings.TrimSpace(c))
 	h, b, _ := strings.Cut(c, "/")
 	switch h {
 	case "", "simple":
 	case "relaxed":
-		relaxedHeader = true
+		headerRelaxed = true
 	default:
 		return false, false, fmt.Errorf("unknown canonicalization c=%s", c)
 	}
 	switch b {
 	case "", "simple":
 	case "relaxed":
-		relaxedBody = true
+		bodyRelaxed = true
 	default:
 		return false, false, fmt.Errorf("unknown canonicalization c=%s", c)
 	}
-	return relaxedHeader, relaxedBody, nil
+	return headerRelaxed, bodyRelaxed, nil
 }
 
 // signedHeaderData is what a DKIM-style signature (an AMS) signs: the fields its h= names,
