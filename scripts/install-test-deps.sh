@@ -19,7 +19,7 @@ set -euo pipefail
 # temp dirs on loopback ports; clamd gets a tiny signature database the test writes.
 # clamav-freshclam comes in as a dependency, but like the other services it is not started
 # (policy-rc.d below) and is disabled afterwards, so no signature download ever happens.
-PKGS=(postfix swaks libnet-ssleay-perl dovecot-core dovecot-lmtpd msmtp python3 python3-dkim ca-certificates openssl iproute2
+PKGS=(postfix swaks libnet-ssleay-perl dovecot-core dovecot-lmtpd msmtp python3 python3-dkim python3-authres ca-certificates openssl iproute2
 	rspamd clamav-daemon opendkim opendkim-tools)
 
 SUDO=""

@@ -48,8 +48,8 @@ func (b *builtChecks) Close() error {
 
 // buildChecks makes the MX listener's chain from [checks], in the order a message meets them:
 // allowlist (it exempts clients from what follows), rate limits, pre-greet, DNS block lists,
-// FCrDNS (connect); HELO; SPF (HELO and MAIL); greylisting (RCPT); DKIM, DMARC and then the
-// Authentication-Results header (DATA). Content checks follow (contentChecks).
+// FCrDNS (connect); HELO; SPF (HELO and MAIL); greylisting (RCPT); DKIM, ARC, DMARC and then
+// the Authentication-Results header (DATA). Content checks follow (contentChecks).
 func buildChecks(cfg *config.Config, d checkDeps) (*builtChecks, error) {
 	k := cfg.Checks
 	b := &builtChecks{Chain: &policy.Chain{RejectScore: k.RejectScore}}
@@ -113,6 +113,15 @@ func buildChecks(cfg *config.Config, d checkDeps) (*builtChecks, error) {
 	if c := k.DKIM; c.Enabled {
 		auth = true
 		b.add(&mailauth.DKIMCheck{Resolver: d.Resolver, OnFail: config.Action(c.OnFail)}, c.CheckCommon)
+	}
+	if c := k.ARC; c.Enabled {
+		// Before DMARC, which reads whether a trusted sealer vouches for the message.
+		auth = true
+		trusted := make([]string, len(c.TrustedSealers))
+		for i, s := range c.TrustedSealers {
+			trusted[i] = strings.ToLower(s)
+		}
+		b.add(&mailauth.ARCCheck{Resolver: d.Resolver, TrustedSealers: trusted}, c.CheckCommon)
 	}
 	if c := k.DMARC; c.Enabled {
 		auth = true

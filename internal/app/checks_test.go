@@ -192,8 +192,8 @@ delay = "1s"
 	}
 	log := logs.String()
 	for _, want := range []string{`checks="dnsbl=listed:bl.test=127.0.0.2"`, "greylist=deferred",
-		`checks="dnsbl=clean fcrdns=pass helo=ok spf=pass greylist=pass dkim=pass dmarc=pass authres=forged-removed"`,
-		`checks="dnsbl=clean fcrdns=pass helo=ok spf=fail greylist=pass dkim=none dmarc=fail"`} {
+		`checks="dnsbl=clean fcrdns=pass helo=ok spf=pass greylist=pass dkim=pass arc=none dmarc=pass authres=forged-removed"`,
+		`checks="dnsbl=clean fcrdns=pass helo=ok spf=fail greylist=pass dkim=none arc=none dmarc=fail"`} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %q", want)
 		}
@@ -240,7 +240,7 @@ enabled = false
 			t.Errorf("spf entry %+v", e)
 		}
 	}
-	want := "allowlist ratelimit pregreet dnsbl helo spf greylist dkim dmarc attachments authres"
+	want := "allowlist ratelimit pregreet dnsbl helo spf greylist dkim arc dmarc attachments authres"
 	if got := strings.Join(names, " "); got != want {
 		t.Errorf("chain %q, want %q", got, want)
 	}

@@ -26,6 +26,7 @@ type Checks struct {
 	SPF       SPFCheck       `toml:"spf"`
 	Greylist  GreylistCheck  `toml:"greylist"`
 	DKIM      DKIMCheck      `toml:"dkim"`
+	ARC       ARCCheck       `toml:"arc"`
 	DMARC     DMARCCheck     `toml:"dmarc"`
 
 	// Content scanning (internal/app/contentchecks.go; types in content.go).
@@ -116,6 +117,13 @@ type DKIMCheck struct {
 	OnFail string `toml:"on_fail"`
 }
 
+type ARCCheck struct {
+	CheckCommon
+	// TrustedSealers are intermediaries (mailing lists, forwarders) whose passing ARC chain
+	// makes DMARC's reject or quarantine not apply, matched against the newest seal's d=.
+	TrustedSealers []string `toml:"trusted_sealers"`
+}
+
 type DMARCCheck struct {
 	CheckCommon
 	OnReject     string `toml:"on_reject"`
@@ -143,6 +151,7 @@ func defaultChecks() Checks {
 			Delay: Duration(5 * time.Minute), RetryWindow: Duration(24 * time.Hour), AllowTTL: Duration(35 * 24 * time.Hour),
 			IPv4Prefix: 24, IPv6Prefix: 64},
 		DKIM:  DKIMCheck{CheckCommon: common(true, 20*time.Second), OnFail: "continue"},
+		ARC:   ARCCheck{CheckCommon: common(true, 20*time.Second), TrustedSealers: []string{}},
 		DMARC: DMARCCheck{CheckCommon: common(true, 20*time.Second), OnReject: "reject", OnQuarantine: "quarantine"},
 	}
 	defaultContentChecks(&c)
@@ -276,6 +285,15 @@ func (c *Config) validateChecks(v *validator) {
 	prefixes("greylist", g.IPv4Prefix, g.IPv6Prefix)
 	com("dkim", k.DKIM.CheckCommon)
 	action("checks.dkim.on_fail", k.DKIM.OnFail)
+	com("arc", k.ARC.CheckCommon)
+	for i, d := range k.ARC.TrustedSealers {
+		if d == "" || len(d) > 253 || strings.ContainsAny(d, " \t/@:;,") || strings.HasPrefix(d, ".") || strings.HasSuffix(d, ".") || !strings.Contains(d, ".") {
+			v.addf(fmt.Sprintf("checks.arc.trusted_sealers[%d]", i), "%q is not a domain such as lists.example.org (the d= of the sealer's ARC-Seal)", d)
+		}
+	}
+	if len(k.ARC.TrustedSealers) > 0 && !k.ARC.Enabled {
+		v.addf("checks.arc.trusted_sealers", "has no effect while checks.arc is disabled")
+	}
 	com("dmarc", k.DMARC.CheckCommon)
 	action("checks.dmarc.on_reject", k.DMARC.OnReject)
 	action("checks.dmarc.on_quarantine", k.DMARC.OnQuarantine)

@@ -2,6 +2,7 @@ package mailauth
 
 import (
 	"context"
+	"fmt"
 	"strings"
 
 	"github.com/emersion/go-msgauth/authres"
@@ -17,7 +18,7 @@ const ObscuredName = "X-Spoofed-Auth-Results"
 
 const arName = "Authentication-Results"
 
-// AuthResultsCheck comes after SPFCheck, DKIMCheck and DMARCCheck: it writes their results
+// AuthResultsCheck comes after SPFCheck, DKIMCheck, ARCCheck and DMARCCheck: it writes their results
 // into one Authentication-Results field under AuthServID (our hostname) and renames every
 // received Authentication-Results field that claims that same authserv-id, since nobody
 // outside may speak for us (RFC 8601 §5).
@@ -101,8 +102,20 @@ func (st *state) results(t *policy.Txn) []authres.Result {
 			rs = append(rs, &authres.DKIMResult{Value: authres.ResultValue(d.Result), Domain: d.Domain, Identifier: d.Identifier})
 		}
 	}
+	if st.arc != nil {
+		// go-msgauth's Format knows no method name for its ARCResult, hence the generic form.
+		p := map[string]string{"smtp.remote-ip": t.Conn.RemoteIP.String()}
+		if st.arc.Result == "pass" && st.arc.OldestPass > 0 {
+			p["header.oldest-pass"] = fmt.Sprint(st.arc.OldestPass)
+		}
+		rs = append(rs, &authres.GenericResult{Method: "arc", Value: authres.ResultValue(st.arc.Result), Params: p})
+	}
 	if st.dmarc != nil {
-		rs = append(rs, &authres.DMARCResult{Value: authres.ResultValue(st.dmarc.Result), From: st.dmarc.FromDomain})
+		r := &authres.DMARCResult{Value: authres.ResultValue(st.dmarc.Result), From: st.dmarc.FromDomain}
+		if st.dmarc.Override != "" {
+			r.Reason = "arc override by d=" + st.dmarc.Override
+		}
+		rs = append(rs, r)
 	}
 	return rs
 }

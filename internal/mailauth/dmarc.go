@@ -25,7 +25,10 @@ type DMARCResult struct {
 	SPFAligned  bool
 	DKIMAligned bool
 	Why         string // plain-words reason for a fail ("SPF fail and no aligned DKIM signature")
-	Err         error
+	// Override is the trusted ARC sealer's domain when a failing message's policy was not
+	// applied because of its passing ARC chain.
+	Override string
+	Err      error
 }
 
 // EvaluateDMARC looks up the policy of the author domain (or of its organizational domain) and
@@ -200,6 +203,14 @@ func (c *DMARCCheck) CheckData(ctx context.Context, t *policy.Txn, m policy.Mess
 	v.Reason = fmt.Sprintf("DMARC policy of %s is %s: %s", r.FromDomain, r.Policy, r.Why)
 	if r.Applied != r.Policy {
 		v.Reason += fmt.Sprintf(" (outside pct=, applied %s)", r.Applied)
+	}
+	if st.arcTrusted != "" && (r.Applied == "reject" || r.Applied == "quarantine") {
+		// RFC 7489 §6.7 and RFC 8617 §7.2: local policy may accept what a trusted
+		// intermediary vouches for; the failure is still reported.
+		r.Override = st.arcTrusted
+		v.Result = fmt.Sprintf("fail (arc override by d=%s)", r.Override)
+		v.Reason += fmt.Sprintf("; not applied: the ARC chain passes and its newest sealer %s is trusted", r.Override)
+		return v
 	}
 	switch r.Applied {
 	case "reject":

@@ -1,7 +1,8 @@
 // Package mailauth authenticates senders: SPF (RFC 7208) for HELO and MAIL FROM, DKIM
-// verification (RFC 6376, RFC 8463), DMARC (RFC 7489) and the Authentication-Results header
-// (RFC 8601). Every lookup goes through a dns.Resolver, so tests use dnstest and production
-// the configured resolvers. The checks (SPFCheck, DKIMCheck, DMARCCheck, AuthResultsCheck)
+// verification (RFC 6376, RFC 8463), ARC validation (RFC 8617), DMARC (RFC 7489) and the
+// Authentication-Results header (RFC 8601). Every lookup goes through a dns.Resolver, so tests
+// use dnstest and production the configured resolvers. The checks (SPFCheck, DKIMCheck,
+// ARCCheck, DMARCCheck, AuthResultsCheck)
 // plug into a policy.Chain in that order: each later one reads what the earlier ones found in
 // the session's per-transaction state.
 package mailauth
@@ -23,7 +24,11 @@ type state struct {
 	mail    *SPFResult  // MAIL FROM identity (or postmaster@HELO for <>)
 	dkim    []DKIMResult
 	dkimRan bool
-	dmarc   *DMARCResult
+	arc     *ARCResult
+	// arcTrusted is the newest sealer's d= when the ARC chain passes and that sealer is
+	// trusted: DMARCCheck then does not apply a failing author domain's policy.
+	arcTrusted string
+	dmarc      *DMARCResult
 }
 
 // stateFor returns the transaction's state; a new transaction starts empty but keeps the HELO

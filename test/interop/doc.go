@@ -1,6 +1,7 @@
 // Package interop holds Postamt's real-peer interoperability tests: swaks,
 // Python's smtplib, msmtp, a real Postfix relaying into Postamt and a real
-// Dovecot receiving from Postamt over LMTP.
+// Dovecot receiving from Postamt over LMTP, and dkimpy (python3-dkim) sealing and
+// validating ARC chains against Postamt's.
 //
 // The tests are behind the build tag "interop" and need the peer software
 // installed (as root on Debian: scripts/install-test-deps.sh):
