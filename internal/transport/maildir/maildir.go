@@ -273,6 +273,9 @@ func (t *Transport) writeBatch(dir string, batch []*request) {
 	}
 }
 
+// syncParallel bounds the fsyncs one batch has in flight (each holds an OS thread while it waits).
+const syncParallel = 16
+
 // syncAll fsyncs the batch's files concurrently: each fsync waits for the disk (a cache flush
 // on most), and the block layer merges flushes that are in flight together, so N files cost
 // about one wait instead of N.
@@ -282,8 +285,13 @@ func syncAll(files []*file) {
 		return
 	}
 	var wg sync.WaitGroup
+	sem := make(chan struct{}, syncParallel)
 	for _, fl := range files {
-		wg.Go(func() { fl.err = fl.f.Sync() })
+		sem <- struct{}{}
+		wg.Go(func() {
+			fl.err = fl.f.Sync()
+			<-sem
+		})
 	}
 	wg.Wait()
 }
