@@ -313,8 +313,8 @@ func (t *Transport) create(dir string, fl *file) (exists bool, err error) {
 			fl.f, fl.tmpfile = f, true
 			return false, nil
 		}
-		if !tmpfileUnsupported(err) {
-			return false, err
+		if !tmpfileUnsupported(err) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EPERM) {
+			return false, err // about new/ (gone, not ours), not about O_TMPFILE
 		}
 		t.tmpfileOff.Store(true)
 	}
@@ -330,8 +330,9 @@ func (t *Transport) create(dir string, fl *file) (exists bool, err error) {
 }
 
 // tmpfileUnsupported reports an error that says O_TMPFILE files cannot be made or linked here at
-// all (old kernel: EISDIR or EINVAL; file system without support: EOPNOTSUPP; no /proc and no
-// CAP_DAC_READ_SEARCH for AT_EMPTY_PATH: ENOENT or EPERM), as opposed to one about this file.
+// all (old kernel: EISDIR or EINVAL; file system without support: EOPNOTSUPP; linking, with no
+// /proc and no CAP_DAC_READ_SEARCH for AT_EMPTY_PATH: ENOENT or EPERM), as opposed to one about
+// this file. For the open, ENOENT and EPERM are about the directory and do not count.
 func tmpfileUnsupported(err error) bool {
 	for _, e := range []error{syscall.EOPNOTSUPP, syscall.EISDIR, syscall.EINVAL, syscall.EPERM, syscall.ENOENT, errors.ErrUnsupported} {
 		if errors.Is(err, e) {

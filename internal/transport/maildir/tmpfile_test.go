@@ -104,6 +104,7 @@ func TestTmpfileFallback(t *testing.T) {
 		{name: "link not permitted", link: failLink(syscall.EPERM), wantFiles: 1, wantOff: true},
 		{name: "no /proc", link: failLink(syscall.ENOENT), wantFiles: 1, wantOff: true},
 		{name: "disk full is not a fallback", open: failOpen(syscall.ENOSPC), wantFiles: 0, wantReply: 452},
+		{name: "open ENOENT is about new/, not a fallback", open: failOpen(syscall.ENOENT), wantFiles: 0, wantReply: 451},
 		{name: "I/O error on link is not a fallback", link: failLink(syscall.EIO), wantFiles: 0, wantReply: 451},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -211,6 +212,40 @@ func TestConcurrentOneMailbox(t *testing.T) {
 			}
 			if tmp, _ := os.ReadDir(filepath.Join(root, "d.test", "u", "tmp")); len(tmp) != 0 {
 				t.Errorf("tmp/ not empty: %v", tmp)
+			}
+		})
+	}
+}
+
+// Messages over prepareMax are streamed from the store by the writer instead of rendered before;
+// on the fallback after a failed link they are streamed a second time.
+func TestLargeMessage(t *testing.T) {
+	line := strings.Repeat("y", 998) + "\r\n"
+	body := "Subject: big\r\n\r\n" + strings.Repeat(line, prepareMax/len(line)+10)
+	want := "Return-Path: <sender@remote.test>\nDelivered-To: u@d.test\n" + strings.ReplaceAll(body, "\r\n", "\n")
+	for _, tc := range []struct {
+		name string
+		link func(*os.File, string) error
+	}{{"unnamed file", nil}, {"link fails, tmp/ fallback", failLink(syscall.EPERM)}} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			if !unnamedFiles(t, root) {
+				t.Skip("O_TMPFILE unsupported here")
+			}
+			tr := &Transport{Root: root, Hostname: "h", linkTmp: tc.link}
+			m := msg(body)
+			m.Size = int64(len(body))
+			m.ReceivedAt = time.Unix(1700000000, 0)
+			deliverOK(t, tr, m)
+			if off := tr.tmpfileOff.Load(); off != (tc.link != nil) {
+				t.Errorf("tmpfileOff = %v", off)
+			}
+			files := newFiles(t, root)
+			if len(files) != 1 {
+				t.Fatalf("files: %v", files)
+			}
+			if got, _ := os.ReadFile(files[0]); string(got) != want {
+				t.Fatalf("content differs: %d bytes, want %d", len(got), len(want))
 			}
 		})
 	}
