@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the real mail software that the interop tests (test/interop, build tag
+# Installs the real mail software (and Chromium, for the sandbox web UI test) that the interop tests (test/interop, build tag
 # "interop") talk to: Postfix, Dovecot (core + LMTP), swaks, msmtp, python3.
 #
 # - Debian bookworm, run as root (uses sudo when not root and sudo exists).
@@ -13,7 +13,7 @@
 set -euo pipefail
 
 # libnet-ssleay-perl: swaks needs it for --tls (it is only a Recommends).
-PKGS=(postfix swaks libnet-ssleay-perl dovecot-core dovecot-lmtpd msmtp python3 ca-certificates openssl)
+PKGS=(postfix swaks libnet-ssleay-perl dovecot-core dovecot-lmtpd msmtp python3 ca-certificates openssl chromium fonts-dejavu-core)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
