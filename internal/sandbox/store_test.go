@@ -152,9 +152,9 @@ func TestSearch(t *testing.T) {
 				{"subject:weekly", "m2"},
 				{"subject:pay", ""},
 				{"pay", "m1"},
-				{"invo", "m1"},       // prefix
-				{"gruß", "m3"},       // diacritics folded (ü), charset decoded
-				{"quarterly", "m3"},  // text part body
+				{"invo", "m1"},      // prefix
+				{"gruß", "m3"},      // diacritics folded (ü), charset decoded
+				{"quarterly", "m3"}, // text part body
 				{`"weekly report"`, "m2"},
 				{"has:attachment", "m3"},
 				{"is:unread", "m3 m1"},
