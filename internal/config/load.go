@@ -54,7 +54,19 @@ func (es Errors) Error() string {
 // Load reads path over the defaults, applies environment overrides and validates the result.
 // An empty path means defaults only.
 func Load(path string) (*Config, error) {
+	return load(path, "")
+}
+
+// LoadSandbox is Load with the sandbox preset applied first (postamt sandbox).
+func LoadSandbox(path string) (*Config, error) {
+	return load(path, "sandbox")
+}
+
+func load(path, mode string) (*Config, error) {
 	c := Default()
+	if mode == "sandbox" {
+		c.SandboxPreset()
+	}
 	if path != "" {
 		data, err := os.ReadFile(path)
 		if err != nil {
@@ -99,6 +111,19 @@ func (c *Config) decode(name string, data []byte) error {
 		return Errors{{File: name, Msg: "TOML syntax: " + err.Error()}}
 	}
 	c.pos = pos
+	// The mode is a preset of defaults, so it must be known before the rest of the file is
+	// applied over them.
+	var head struct {
+		Mode string `toml:"mode"`
+	}
+	if err := toml.Unmarshal(data, &head); err == nil {
+		switch {
+		case head.Mode == "sandbox" && c.Mode != "sandbox":
+			c.SandboxPreset()
+		case head.Mode != "" && head.Mode != "sandbox" && c.Mode == "sandbox":
+			return Errors{{File: name, Line: c.line("mode"), Option: "mode", Msg: fmt.Sprintf("%q conflicts with the sandbox command (remove it or set \"sandbox\")", head.Mode)}}
+		}
+	}
 	// A file that names its own local domains replaces the default "localhost" set as a whole;
 	// keeping the default mailboxes would leave them pointing at a domain that is no longer local.
 	if _, ok := pos["local.domains"]; ok {
@@ -173,12 +198,24 @@ func scanPositions(data []byte) (positions, error) {
 	p := unstable.Parser{}
 	p.Reset(data)
 	var table []string
+	arrays := map[string]int{} // array table → entries seen, so each gets its own "name[i]"
 	for p.NextExpression() {
 		e := p.Expression()
 		switch e.Kind {
 		case unstable.Table, unstable.ArrayTable:
 			table = keyParts(e.Key())
-			pos[strings.Join(table, ".")] = p.Shape(e.Raw).Start.Line
+			// A table header's own Raw is empty; its key's is not.
+			line := 0
+			if kit := e.Key(); kit.Next() {
+				line = p.Shape(kit.Node().Raw).Start.Line
+			}
+			pos[strings.Join(table, ".")] = line
+			if e.Kind == unstable.ArrayTable {
+				name := strings.Join(table, ".")
+				table = []string{fmt.Sprintf("%s[%d]", name, arrays[name])}
+				arrays[name]++
+				pos[table[0]] = line
+			}
 		case unstable.KeyValue:
 			k := append(append([]string{}, table...), keyParts(e.Key())...)
 			line := 0
@@ -229,6 +266,7 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	set("POSTAMT_LOG_FORMAT", func(v string) error { c.Log.Format = v; return nil })
 	set("POSTAMT_LOG_LEVEL", func(v string) error { c.Log.Level = v; return nil })
 	set("POSTAMT_METRICS_LISTEN", func(v string) error { c.Metrics.Listen = v; return nil })
+	set("POSTAMT_SANDBOX_HTTP_LISTEN", func(v string) error { c.Sandbox.HTTPListen = v; return nil })
 	if es != nil {
 		return es
 	}

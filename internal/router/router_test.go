@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/postamt/postamt/internal/config"
+	"github.com/postamt/postamt/internal/mail"
 	"github.com/postamt/postamt/internal/smtp"
 )
 
@@ -104,5 +105,27 @@ func TestRelayHost(t *testing.T) {
 	rcpts, reply := r.Resolve(p, false)
 	if reply != nil || len(rcpts) != 2 || rcpts[0].Route.NextHop != "[smarthost.test]:587" || rcpts[1].Route.NextHop != "[10.0.0.5]" {
 		t.Fatalf("%v %+v", reply, rcpts)
+	}
+}
+
+func TestAcceptAll(t *testing.T) {
+	r := New(config.Local{Domains: []string{"example.test"}, Transport: "maildir", AcceptAll: "sandbox"},
+		config.Outbound{RelayHost: "[relay.test]:2525"})
+	for _, in := range []string{"<anyone@anywhere.test>", "<alice@example.test>", "<user%other@example.test>", "<Postmaster>"} {
+		p, _, err := smtp.ParsePath(in, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rcpts, reply := r.Resolve(p, false)
+		if reply != nil || len(rcpts) != 1 || rcpts[0].Route != (mail.Route{Transport: "sandbox", NextHop: "sandbox"}) {
+			t.Errorf("Resolve(%s) = %+v, %v; want one sandbox recipient", in, rcpts, reply)
+		}
+	}
+	null, _, _ := smtp.ParsePath("<>", true)
+	if _, reply := r.Resolve(null, false); reply == nil {
+		t.Error("the null path was accepted as a recipient")
+	}
+	if got := r.RemoteRoute("Other.TEST"); got != (mail.Route{Transport: "remote", NextHop: "[relay.test]:2525"}) {
+		t.Errorf("RemoteRoute = %+v, want the relay host", got)
 	}
 }
