@@ -32,6 +32,7 @@ type App struct {
 	Config  *config.Config
 	Queue   *queue.Queue
 	SMTP    *smtpserver.Server
+	Sandbox *Sandbox // nil unless [sandbox] is enabled
 	log     *slog.Logger
 	addrs   []net.Addr
 	metrics *observe.MetricsServer
@@ -39,7 +40,18 @@ type App struct {
 }
 
 // Start opens the queue, starts delivery and begins listening. On error nothing is left running.
-func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
+func Start(cfg *config.Config, log *slog.Logger) (a *App, err error) {
+	var sb *Sandbox
+	if cfg.Sandbox.Enabled {
+		if sb, cfg, err = openSandbox(cfg, log); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				sb.close(context.Background())
+			}
+		}()
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
@@ -62,9 +74,9 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		DelayWarning:     cfg.Queue.DelayWarning.D(),
 		DestinationLimit: cfg.Outbound.DestinationLimit,
 		Workers:          cfg.Queue.DeliveryWorkers,
-		Transports: []transport.Transport{local, &remote.Transport{
+		Transports: append([]transport.Transport{local, &remote.Transport{
 			Resolver: dns.System(cfg.Outbound.DNSServers), Hostname: cfg.Hostname, Port: cfg.Outbound.Port,
-		}},
+		}}, sb.transports()...),
 		Logger: log,
 	})
 	if err != nil {
@@ -90,8 +102,9 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		Logger:        log,
 		IDs:           observe.NewIDGen(nil),
 		CommitLatency: hist.Commit,
+		Policy:        sb.policy(),
 	})
-	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, errc: make(chan error, len(l.Listen))}
+	a = &App{Config: cfg, Queue: q, SMTP: srv, Sandbox: sb, log: log, errc: make(chan error, len(l.Listen)+1)}
 	var lns []net.Listener
 	for _, addr := range l.Listen {
 		ln, err := net.Listen("tcp", addr)
@@ -104,6 +117,15 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		}
 		lns = append(lns, ln)
 		a.addrs = append(a.addrs, ln.Addr())
+	}
+	if sb != nil {
+		if err := sb.serve(q, rt, a.errc); err != nil {
+			for _, x := range lns {
+				x.Close()
+			}
+			q.Close(context.Background())
+			return nil, err
+		}
 	}
 	q.Start()
 	for _, ln := range lns {
@@ -147,6 +169,10 @@ func (a *App) Shutdown(ctx context.Context) error {
 	defer cancel()
 	if qerr := a.Queue.Close(qctx); err == nil {
 		err = qerr
+	}
+	// The sandbox store closes after the queue, whose last deliveries may still be saving.
+	if a.Sandbox != nil {
+		a.Sandbox.close(ctx)
 	}
 	a.log.Info("stopped")
 	return err
