@@ -119,7 +119,7 @@ func Start(cfg *config.Config, log *slog.Logger) (a *App, err error) {
 		a.addrs = append(a.addrs, ln.Addr())
 	}
 	if sb != nil {
-		if err := sb.serve(q, rt, a.errc); err != nil {
+		if err := sb.serve(q, rt, a.addrs, a.errc); err != nil {
 			for _, x := range lns {
 				x.Close()
 			}

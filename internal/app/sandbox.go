@@ -88,10 +88,14 @@ func (sb *Sandbox) policy() *policy.Chain {
 }
 
 // serve starts the web UI and API listener (and the webhook).
-func (sb *Sandbox) serve(q *queue.Queue, rt *router.Router, errc chan<- error) error {
+func (sb *Sandbox) serve(q *queue.Queue, rt *router.Router, smtpAddrs []net.Addr, errc chan<- error) error {
 	rel := &sandbox.Releaser{Store: sb.Store, Intake: q, Route: rt.RemoteRoute, Hostname: sb.cfg.Hostname}
+	var addrs []string
+	for _, a := range smtpAddrs {
+		addrs = append(addrs, a.String())
+	}
 	h := httpapi.New(httpapi.Options{
-		Store: sb.Store, Faults: sb.Faults, Release: rel.Release, UI: webui.Handler(), Logger: sb.log,
+		Store: sb.Store, Faults: sb.Faults, Release: rel.Release, UI: webui.Handler(), Logger: sb.log, SMTPAddrs: addrs,
 	})
 	ln, err := net.Listen("tcp", sb.cfg.Sandbox.HTTPListen)
 	if err != nil {

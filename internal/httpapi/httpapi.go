@@ -36,6 +36,8 @@ type Options struct {
 	Release func(ctx context.Context, id, from string, to []string) (string, error)
 	// Auth verifies SPF/DKIM/DMARC for the checks report; nil reports them as unavailable.
 	Auth sandbox.Authenticator
+	// SMTPAddrs are the SMTP listeners, shown by the UI ("point your application at ...").
+	SMTPAddrs []string
 	// UI serves everything outside /api/ (the web UI); nil serves nothing there.
 	UI http.Handler
 	// AllowedHosts are Host header names accepted besides IP literals and localhost; they
@@ -80,6 +82,13 @@ func New(o Options) http.Handler {
 	mux.HandleFunc("GET /api/v1/events", a.events)
 	mux.HandleFunc("GET /api/v1/stats", a.stats)
 	mux.HandleFunc("GET /api/v1/tags", a.tags)
+	mux.HandleFunc("GET /api/v1/info", func(w http.ResponseWriter, r *http.Request) {
+		addrs := a.o.SMTPAddrs
+		if addrs == nil {
+			addrs = []string{}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"smtp": addrs})
+	})
 	mux.HandleFunc("GET /api/v1/chaos", a.getChaos)
 	mux.HandleFunc("PUT /api/v1/chaos", a.putChaos)
 	mux.HandleFunc("GET /api/v1/openapi.json", func(w http.ResponseWriter, r *http.Request) {
