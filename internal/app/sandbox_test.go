@@ -245,7 +245,9 @@ func TestSandboxCaptureAndAPI(t *testing.T) {
 	}
 }
 
-func urlq(s string) string { return strings.NewReplacer(" ", "+", ":", "%3A", "@", "%40", "\"", "%22").Replace(s) }
+func urlq(s string) string {
+	return strings.NewReplacer(" ", "+", ":", "%3A", "@", "%40", "\"", "%22").Replace(s)
+}
 
 // TestSandboxChaos: a chaos rule from the config refuses at RCPT; the API replaces it at run
 // time and the next transaction gets the new behaviour.
