@@ -143,7 +143,7 @@ function renderMessage(m) {
   $("#dl-eml").href = `${API}/messages/${encodeURIComponent(m.id)}/raw?download=1`;
   $("#attachments").replaceChildren(...p.attachments.map((a) =>
     el("li", {}, el("a", { href: `${API}/messages/${encodeURIComponent(m.id)}/parts/${a.index}`, download: a.filename || "", class: "attachment", "data-index": a.index },
-      `${a.inline ? "🖼 " : "📎 "}${a.filename || a.content_type} (${fmtSize(a.size)})`))));
+      `⤓ ${a.filename || a.content_type}${a.inline ? " (inline)" : ""} · ${fmtSize(a.size)}`))));
   // Text
   $("#view-text pre").textContent = p.text || "(no text part)";
   // Headers
@@ -282,7 +282,7 @@ function connect() {
       if (state.current && state.current.id === e.message.id) {
         $("#toggle-read").textContent = e.message.read ? "Mark unread" : "Mark read";
       }
-      loadStats();
+      reloadSoon(); // counts (unread) change too
       return;
     }
     if (e.type === "delete" && state.current && e.ids.includes(state.current.id)) closeView();
