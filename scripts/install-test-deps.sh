@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the real mail software (and Chromium, for the sandbox web UI test) that the interop tests (test/interop, build tag
-# "interop") talk to: Postfix, Dovecot (core + LMTP), swaks, msmtp, python3.
+# Installs the real mail software that the interop tests (test/interop, build tag
+# "interop") talk to: Postfix, Dovecot (core + LMTP), swaks, msmtp, python3, and
+# Chromium (with a font) for the sandbox web UI test.
 #
 # - Debian bookworm, run as root (uses sudo when not root and sudo exists).
 # - Idempotent: a fast no-op when everything is installed; `apt-get update` only

@@ -113,6 +113,16 @@ func TestExampleConfigValid(t *testing.T) {
 	if _, err := Load("../../postamt.example.toml"); err != nil {
 		t.Fatal(err)
 	}
+	// The sandbox example, as a file for serve and for the sandbox command, gives the preset.
+	for _, load := range []func(string) (*Config, error){Load, LoadSandbox} {
+		c, err := load("../../postamt.sandbox.toml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !c.Sandbox.Enabled || c.Local.AcceptAll != "sandbox" || c.SMTP.Listen[0] != "127.0.0.1:1025" {
+			t.Errorf("postamt.sandbox.toml: %+v", c.Sandbox)
+		}
+	}
 }
 
 func TestLoadSandbox(t *testing.T) {
