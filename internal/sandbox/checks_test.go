@@ -129,3 +129,16 @@ func TestWebhook(t *testing.T) {
 		t.Fatal("RunWebhook did not stop with its context")
 	}
 }
+
+func TestSnippet(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                         "",
+		"  hello \r\n\t world  ":   "hello world",
+		strings.Repeat("ab ", 100): strings.TrimSpace(strings.Repeat("ab ", 67)),
+		"Grüße\n\nbis bald":        "Grüße bis bald",
+	} {
+		if got := snippet(in); got != want {
+			t.Errorf("snippet(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	_ "modernc.org/sqlite" // pure-Go SQLite with FTS5
@@ -771,10 +772,27 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
-var spaceRe = regexp.MustCompile(`\s+`)
-
+// snippet is the start of the body with runs of white space collapsed, at most 200 bytes. It
+// runs for every captured message, so it looks at no more of the body than it needs (a regexp
+// here was a fifth of the sandbox's CPU time under load).
 func snippet(body string) string {
-	return truncate(strings.TrimSpace(spaceRe.ReplaceAllString(truncate(body, 4096), " ")), 200)
+	var b strings.Builder
+	space := false
+	for _, r := range body {
+		if b.Len() >= 200 {
+			break
+		}
+		if unicode.IsSpace(r) {
+			space = b.Len() > 0
+			continue
+		}
+		if space {
+			b.WriteByte(' ')
+			space = false
+		}
+		b.WriteRune(r)
+	}
+	return truncate(b.String(), 200)
 }
 
 var (
