@@ -176,6 +176,7 @@ func TestSandboxWebUI(t *testing.T) {
 	if got := text("#view-text pre"); !strings.Contains(got, "Plain words for the text tab.") {
 		t.Errorf("text tab = %q", got)
 	}
+	until("preview tools hidden outside the HTML tab", `document.querySelector("#html-tools").offsetParent === null`)
 	do("source tab", chromedp.Click(chromedp.CSS("#tab-source")), chromedp.WaitVisible(chromedp.CSS("#view-source pre")))
 	until("source loaded", `document.querySelector("#view-source pre").textContent.includes("Content-Disposition")`)
 	if got := text("#view-source pre"); !strings.Contains(got, "Subject: "+subject) || !strings.Contains(got, "<script>") {
