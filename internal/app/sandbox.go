@@ -77,7 +77,7 @@ func (sb *Sandbox) transports() []transport.Transport {
 	if sb == nil {
 		return nil
 	}
-	return []transport.Transport{&sandboxtransport.Transport{Store: sb.Store}}
+	return []transport.Transport{&sandboxtransport.Transport{Store: sb.Store, Faults: sb.Faults}}
 }
 
 func (sb *Sandbox) policy() *policy.Chain {

@@ -271,6 +271,24 @@ func TestSandboxChaos(t *testing.T) {
 	if code, b, _ := e.do(t, "PUT", "/chaos", map[string]any{"rules": []map[string]any{{"stage": "quit", "reply": "421"}}}); code != 400 || !strings.Contains(string(b), "stage") {
 		t.Errorf("invalid rule: %d %s", code, b)
 	}
+	// A delivery fault: the queue returns the message to its sender in a DSN, which the
+	// sandbox captures like any other mail (the sender's address routes to it too).
+	rules = map[string]any{"rules": []map[string]any{{"stage": "delivery", "reply": "550 5.1.1 Mailbox does not exist", "probability": 1, "match": "gone"}}}
+	if code, b, _ := e.do(t, "PUT", "/chaos", rules); code != 200 {
+		t.Fatalf("put chaos: %d %s", code, b)
+	}
+	if err := send(e.smtp, "app@dev.test", "gone@example.com", "Subject: doomed\r\n\r\nx\r\n"); err != nil {
+		t.Fatalf("delivery faults must not refuse in the session: %v", err)
+	}
+	var dsn summary
+	e.getJSON(t, "/wait?query="+urlq("to:app@dev.test subject:undelivered")+"&timeout=10s", &dsn)
+	if dsn.EnvelopeFrom != "" || dsn.EnvelopeTo[0] != "app@dev.test" {
+		t.Errorf("DSN = %+v", dsn)
+	}
+	code, raw, _ := e.do(t, "GET", "/messages/"+dsn.ID+"/raw", nil)
+	if code != 200 || !strings.Contains(string(raw), "550 5.1.1 Mailbox does not exist") || !strings.Contains(string(raw), "Final-Recipient: rfc822; gone@example.com") {
+		t.Errorf("DSN lacks the injected reply or the recipient:\n%s", raw)
+	}
 	// Without the JSON content type the request is refused (a cross-site form cannot send it).
 	req, _ := http.NewRequest("PUT", e.base+"/chaos", strings.NewReader(`{"rules":[]}`))
 	req.Header.Set("Content-Type", "text/plain")

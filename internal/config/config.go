@@ -103,7 +103,7 @@ type Sandbox struct {
 
 // ChaosRule makes the sandbox answer an error (see internal/policy/faults).
 type ChaosRule struct {
-	Stage       string  `toml:"stage"`       // connect, helo, mail, rcpt, data
+	Stage       string  `toml:"stage"`       // connect, helo, mail, rcpt, data, delivery
 	Reply       string  `toml:"reply"`       // "451 4.3.0 Try again later"
 	Probability float64 `toml:"probability"` // 0..1
 	Match       string  `toml:"match"`       // address substring, "" for all

@@ -19,7 +19,9 @@ import (
 
 // Rule is one fault.
 type Rule struct {
-	// Stage is connect, helo, mail, rcpt or data.
+	// Stage is connect, helo, mail, rcpt or data (answers in the SMTP session), or delivery
+	// (the capture transport fails for the recipient, so the queue retries a 4xx and returns
+	// a 5xx to the sender in a DSN, as it would for a real destination).
 	Stage string `json:"stage"`
 	// Reply is the answer: "451 4.3.0 Temporary failure"; the enhanced code and text are
 	// optional.
@@ -27,14 +29,14 @@ type Rule struct {
 	// Probability is the chance the rule fires, from 0 (never) to 1 (always).
 	Probability float64 `json:"probability"`
 	// Match, when set, limits the rule to addresses containing it (case-insensitive): the
-	// sender at MAIL and DATA, the recipient at RCPT.
+	// sender at MAIL and DATA, the recipient at RCPT and delivery.
 	Match string `json:"match,omitempty"`
-	// MinSize, when set, limits the rule to messages of at least this many bytes (DATA stage,
-	// or MAIL with a SIZE parameter).
+	// MinSize, when set, limits the rule to messages of at least this many bytes (DATA and
+	// delivery, or MAIL with a SIZE parameter).
 	MinSize int64 `json:"min_size,omitempty"`
 }
 
-var stages = []string{"connect", "helo", "mail", "rcpt", "data"}
+var stages = []string{"connect", "helo", "mail", "rcpt", "data", "delivery"}
 
 // ParseReply reads "451 4.3.0 text" (enhanced code and text optional).
 func ParseReply(s string) (*smtp.Reply, error) {
@@ -133,6 +135,27 @@ func (f *Faults) Rules() []Rule {
 func (f *Faults) Name() string { return "chaos" }
 
 func (f *Faults) fire(stage, addr string, size int64) policy.Verdict {
+	reply := f.match(stage, addr, size)
+	if reply == nil {
+		return policy.Verdict{}
+	}
+	a := policy.Reject
+	if reply.Code < 500 {
+		a = policy.Tempfail
+	}
+	return policy.Verdict{Action: a, Reply: reply, Result: "injected", Reason: "chaos rule: " + reply.Line()}
+}
+
+// Delivery returns the reply a delivery rule gives for rcpt, or nil (see transport/sandbox).
+func (f *Faults) Delivery(rcpt string, size int64) *smtp.Reply {
+	if f == nil {
+		return nil
+	}
+	return f.match("delivery", rcpt, size)
+}
+
+// match returns the reply of the first rule of stage that fires, or nil.
+func (f *Faults) match(stage, addr string, size int64) *smtp.Reply {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	for _, r := range f.rules {
@@ -155,13 +178,9 @@ func (f *Faults) fire(stage, addr string, size int64) policy.Verdict {
 		if r.Probability < 1 && rnd() >= r.Probability {
 			continue
 		}
-		a := policy.Reject
-		if r.reply.Code < 500 {
-			a = policy.Tempfail
-		}
-		return policy.Verdict{Action: a, Reply: r.reply, Result: "injected", Reason: "chaos rule: " + r.reply.Line()}
+		return r.reply
 	}
-	return policy.Verdict{}
+	return nil
 }
 
 func (f *Faults) CheckConn(_ context.Context, _ *policy.Conn) policy.Verdict {

@@ -9,6 +9,7 @@ import (
 	"io"
 
 	"github.com/postamt/postamt/internal/mail"
+	"github.com/postamt/postamt/internal/policy/faults"
 	"github.com/postamt/postamt/internal/sandbox"
 	"github.com/postamt/postamt/internal/transport"
 )
@@ -19,6 +20,8 @@ const Name = "sandbox"
 // Transport saves messages in Store.
 type Transport struct {
 	Store *sandbox.Store
+	// Faults, when set, may fail chosen recipients at delivery time (stage "delivery").
+	Faults *faults.Faults
 }
 
 func (t *Transport) Name() string { return Name }
@@ -35,16 +38,25 @@ func (t *Transport) Deliver(ctx context.Context, msg *transport.Message, rcpts [
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: read body: %w", err)
 	}
-	to := make([]string, len(rcpts))
+	results := make([]transport.Result, len(rcpts))
+	var to []string
 	for i, rc := range rcpts {
 		// The address the client gave: a tester asserts on what their program sent.
-		to[i] = rc.Orig
-		if to[i] == "" {
-			to[i] = rc.Addr
+		addr := rc.Orig
+		if addr == "" {
+			addr = rc.Addr
 		}
+		if reply := t.Faults.Delivery(addr, msg.Size); reply != nil {
+			results[i] = transport.Result{Reply: reply, RemoteMTA: "sandbox"}
+			continue
+		}
+		to = append(to, addr)
+	}
+	if len(to) == 0 {
+		return results, nil
 	}
 	if _, err := t.Store.Save(ctx, sandbox.Envelope{ID: msg.ID, From: msg.From, To: to, ReceivedAt: msg.ReceivedAt}, raw); err != nil {
 		return nil, err
 	}
-	return make([]transport.Result, len(rcpts)), nil
+	return results, nil
 }

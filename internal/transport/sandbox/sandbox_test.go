@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/postamt/postamt/internal/mail"
+	"github.com/postamt/postamt/internal/policy/faults"
 	store "github.com/postamt/postamt/internal/sandbox"
 	"github.com/postamt/postamt/internal/transport"
 )
@@ -43,5 +44,37 @@ func TestDeliverCaptures(t *testing.T) {
 	st.Close()
 	if _, err := tr.Deliver(context.Background(), &transport.Message{ID: "Q2", Open: msg.Open}, rcpts); err == nil {
 		t.Error("Deliver into a closed store succeeded; the queue must see an error and retry")
+	}
+}
+
+// TestDeliveryFaults: a delivery rule fails its recipients with the rule's reply; the others
+// are captured; a message whose every recipient fails is not stored.
+func TestDeliveryFaults(t *testing.T) {
+	st, err := store.Open(store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	f, err := faults.New([]faults.Rule{{Stage: "delivery", Reply: "550 5.1.1 Mailbox gone", Probability: 1, Match: "gone"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &Transport{Store: st, Faults: f}
+	raw := "Subject: partly\r\n\r\nx\r\n"
+	open := func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(raw)), nil }
+	rc := func(a string) mail.Recipient {
+		return mail.Recipient{Addr: a, Orig: a, Route: mail.Route{Transport: Name, NextHop: Name}}
+	}
+	res, err := tr.Deliver(context.Background(), &transport.Message{ID: "Q1", From: "a@x.test", Open: open}, []mail.Recipient{rc("ok@x.test"), rc("gone@x.test")})
+	if err != nil || res[0].Reply != nil || res[1].Reply == nil || res[1].Reply.Line() != "550 5.1.1 Mailbox gone" {
+		t.Fatalf("Deliver = %+v, %v", res, err)
+	}
+	res, err = tr.Deliver(context.Background(), &transport.Message{ID: "Q2", From: "a@x.test", Open: open}, []mail.Recipient{rc("gone@y.test")})
+	if err != nil || res[0].Reply == nil {
+		t.Fatalf("Deliver all failing = %+v, %v", res, err)
+	}
+	pg, _ := st.List(context.Background(), nil, 10, 0)
+	if pg.Total != 1 || strings.Join(pg.Messages[0].EnvelopeTo, ",") != "ok@x.test" {
+		t.Errorf("stored = %+v", pg.Messages)
 	}
 }
