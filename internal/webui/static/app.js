@@ -155,8 +155,14 @@ function renderMessage(m) {
 }
 
 function renderTags(m) {
-  $("#v-tags").replaceChildren(...m.tags.map((t) => el("span", { class: "tag" }, t,
+  $("#v-tags").replaceChildren(...m.tags.map((t) => el("span", { class: "tag" },
+    el("a", { href: "#", title: "Show messages tagged " + t, onclick: (e) => { e.preventDefault(); searchFor("tag:" + t); } }, t),
     el("button", { type: "button", title: "Remove tag " + t, onclick: () => setTags(m.tags.filter((x) => x !== t)) }, "×"))));
+}
+
+function searchFor(q) {
+  $("#search").value = q;
+  search();
 }
 
 async function setTags(tags) {
