@@ -19,6 +19,7 @@ import (
 
 	"github.com/chromedp/cdproto/browser"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 )
 
 // TestSandboxWebUI drives the sandbox's web UI in real headless Chromium: a message sent over
@@ -112,25 +113,7 @@ func TestSandboxWebUI(t *testing.T) {
 		"<script>document.body.setAttribute('data-ran', 'yes')</script></body></html>\r\n--a--\r\n" +
 		"--m\r\nContent-Type: text/csv\r\nContent-Disposition: attachment; filename=\"numbers.csv\"\r\n\r\na,b\r\n1,2\r\n--m--\r\n"
 	step = "send over SMTP"
-	c, err := smtp.Dial(net.JoinHostPort(s.SMTPHost, strconv.Itoa(s.SMTPPort)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Mail("shop@dev.test"); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Rcpt("buyer@customer.example"); err != nil {
-		t.Fatal(err)
-	}
-	w, err := c.Data()
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write([]byte(body))
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	c.Quit()
+	sendPlain(t, s, "shop@dev.test", "buyer@customer.example", body)
 
 	// No reload: the open page learns of the message from the event stream.
 	until("message appears live", `document.querySelectorAll("#list li.msg-row.unread").length === 1`)
@@ -218,6 +201,25 @@ func TestSandboxWebUI(t *testing.T) {
 	if code, b := s.get(t, "/api/v1/stats"); code != 200 || !strings.Contains(string(b), `"messages":0`) {
 		t.Errorf("after delete in the UI the store has: %s", b)
 	}
+
+	// The keyboard alone: Escape clears the search, j/k move, u toggles read, # deletes.
+	for _, subj := range []string{"kbd first", "kbd second"} {
+		step = "send " + subj
+		sendPlain(t, s, "kb@dev.test", "k@example.com", "From: kb@dev.test\r\nTo: k@example.com\r\nSubject: "+subj+"\r\n\r\nkeys\r\n")
+	}
+	do("clear the search with Escape", chromedp.Click(chromedp.CSS("#search")), chromedp.KeyEvent(kb.Escape))
+	until("both messages listed", `document.querySelectorAll("#list li.msg-row").length === 2`)
+	do("j opens the newest", chromedp.Click(chromedp.CSS(".list-head")), chromedp.KeyEvent("j"))
+	until("newest open", `document.querySelector("#v-subject").textContent === "kbd second"`)
+	do("j moves down", chromedp.KeyEvent("j"))
+	until("older open", `document.querySelector("#v-subject").textContent === "kbd first" && document.querySelectorAll("#list li.selected").length === 1`)
+	do("k moves up", chromedp.KeyEvent("k"))
+	until("newest again", `document.querySelector("#v-subject").textContent === "kbd second"`)
+	until("opened means read", `!document.querySelector("#list li.selected").classList.contains("unread")`)
+	do("u marks it unread", chromedp.KeyEvent("u"))
+	until("unread again", `document.querySelector("#list li.selected") && document.querySelector("#list li.selected").classList.contains("unread")`)
+	do("# deletes it", chromedp.KeyEvent("#"))
+	until("one left, the other opened", `document.querySelectorAll("#list li.msg-row").length === 1 && document.querySelector("#v-subject").textContent === "kbd first"`)
 }
 
 // frameContent reads the preview frame: the text of #greet and whether its script ran. A
@@ -254,4 +256,32 @@ func frameContent(t *testing.T, ctx context.Context) (greet string, ran bool) {
 	}
 	t.Error("could not read the preview frame's document")
 	return "", false
+}
+
+// sendPlain sends one message over SMTP without STARTTLS (net/smtp's SendMail would insist on
+// verifying the sandbox's self-signed certificate).
+func sendPlain(t *testing.T, s *sandboxServer, from, to, msg string) {
+	t.Helper()
+	c, err := smtp.Dial(net.JoinHostPort(s.SMTPHost, strconv.Itoa(s.SMTPPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Mail(from); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt(to); err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c.Quit()
 }

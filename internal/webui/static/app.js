@@ -250,6 +250,9 @@ async function deleteCurrent() {
     await api("/messages/" + encodeURIComponent(m.id), { method: "DELETE" });
   } catch (e) { showError(e.message); return; }
   state.messages = state.messages.filter((x) => x.id !== m.id);
+  // The deleted message is no longer current: the server's "delete" event for it, which may
+  // arrive while the next one loads, must not close the view.
+  state.current = null;
   if (next) open(next.id); else closeView();
   loadList();
 }
