@@ -360,3 +360,52 @@ func TestSandboxMemoryOnly(t *testing.T) {
 		t.Errorf("data_dir %s was created", cfg.DataDir)
 	}
 }
+
+// TestSandboxRestart: captured mail survives a restart on disk, is not captured twice, and the
+// restarted sandbox starts quickly.
+func TestSandboxRestart(t *testing.T) {
+	dir := t.TempDir()
+	start := func() *App {
+		cfg, err := config.LoadSandbox("")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.DataDir = dir
+		cfg.SMTP.Listen = []string{"127.0.0.1:0"}
+		cfg.Sandbox.HTTPListen = "127.0.0.1:0"
+		t0 := time.Now()
+		a, err := Start(cfg, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(t0); took > 2*time.Second {
+			t.Errorf("start took %v", took)
+		}
+		return a
+	}
+	a := start()
+	for i := range 3 {
+		if err := send(a.Addrs()[0].String(), "a@dev.test", "b@example.com", fmt.Sprintf("Subject: keep %d\r\n\r\nx\r\n", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range 3 {
+		q, _ := sandboxQuery(fmt.Sprintf("subject:\"keep %d\"", i))
+		if _, err := a.Sandbox.Store.Wait(ctx, q, time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.Shutdown(context.Background())
+
+	b := start()
+	defer b.Shutdown(context.Background())
+	pg, err := b.Sandbox.Store.List(ctx, nil, 10, 0)
+	if err != nil || pg.Total != 3 {
+		t.Fatalf("after restart: %d messages (%v), want 3", pg.Total, err)
+	}
+	if _, err := os.Stat(dir + "/sandbox.db"); err != nil {
+		t.Errorf("no sandbox.db in data_dir: %v", err)
+	}
+}
