@@ -89,6 +89,7 @@ func Start(cfg *config.Config, log *slog.Logger) (a *App, err error) {
 		return nil, err
 	}
 	l := cfg.SMTP
+	auth, authPlaintext, requireAuth := sb.smtpAuth()
 	srv := smtpserver.New(smtpserver.Options{
 		Hostname: cfg.Hostname,
 		Limits: smtpserver.Limits{
@@ -103,6 +104,9 @@ func Start(cfg *config.Config, log *slog.Logger) (a *App, err error) {
 		IDs:           observe.NewIDGen(nil),
 		CommitLatency: hist.Commit,
 		Policy:        sb.policy(),
+		Auth:          auth,
+		AuthPlaintext: authPlaintext,
+		RequireAuth:   requireAuth,
 	})
 	a = &App{Config: cfg, Queue: q, SMTP: srv, Sandbox: sb, log: log, errc: make(chan error, len(l.Listen)+1)}
 	var lns []net.Listener

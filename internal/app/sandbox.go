@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"github.com/postamt/postamt/internal/queue"
 	"github.com/postamt/postamt/internal/router"
 	"github.com/postamt/postamt/internal/sandbox"
+	"github.com/postamt/postamt/internal/smtpserver"
 	"github.com/postamt/postamt/internal/transport"
 	sandboxtransport "github.com/postamt/postamt/internal/transport/sandbox"
 	"github.com/postamt/postamt/internal/webui"
@@ -78,6 +80,31 @@ func (sb *Sandbox) transports() []transport.Transport {
 		return nil
 	}
 	return []transport.Transport{&sandboxtransport.Transport{Store: sb.Store, Faults: sb.Faults}}
+}
+
+// sandboxAuth accepts any credentials or the configured ones.
+type sandboxAuth struct {
+	any   bool
+	users map[string]string
+}
+
+func (a *sandboxAuth) Authenticate(user, pass string) bool {
+	if a.any {
+		return true
+	}
+	want, ok := a.users[user]
+	return ok && subtle.ConstantTimeCompare([]byte(want), []byte(pass)) == 1
+}
+
+// smtpAuth returns the SMTP server's AUTH settings: nil unless the sandbox offers AUTH.
+func (sb *Sandbox) smtpAuth() (auth smtpserver.Authenticator, plaintext, require bool) {
+	if sb == nil || sb.cfg.Sandbox.Auth == "" {
+		return nil, false, false
+	}
+	sc := sb.cfg.Sandbox
+	// Plain-text AUTH: the sandbox listens on loopback for programs under test, which often
+	// connect without TLS; STARTTLS is still offered.
+	return &sandboxAuth{any: sc.Auth == "any", users: sc.Users}, true, sc.RequireAuth
 }
 
 func (sb *Sandbox) policy() *policy.Chain {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/smtp"
 	"os"
 	"strings"
 	"testing"
@@ -407,5 +408,53 @@ func TestSandboxRestart(t *testing.T) {
 	}
 	if _, err := os.Stat(dir + "/sandbox.db"); err != nil {
 		t.Errorf("no sandbox.db in data_dir: %v", err)
+	}
+}
+
+// TestSandboxAuth: with auth = "users" and require_auth, a client must log in (AUTH PLAIN over
+// plain text on loopback, as Go's net/smtp allows for 127.0.0.1); wrong passwords get 535.
+func TestSandboxAuth(t *testing.T) {
+	e := startSandbox(t, "auth = \"users\"\nrequire_auth = true\n[sandbox.users]\nalice = \"wonderland\"\n")
+	dial := func() *smtp.Client {
+		c, err := smtp.Dial(e.smtp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Hello("app.test"); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := dial()
+	if ok, mechs := c.Extension("AUTH"); !ok || mechs != "PLAIN LOGIN" {
+		t.Errorf("AUTH extension = %v %q", ok, mechs)
+	}
+	if err := c.Mail("a@dev.test"); err == nil || !strings.Contains(err.Error(), "530") {
+		t.Errorf("MAIL without AUTH: %v, want 530", err)
+	}
+	if err := c.Auth(smtp.PlainAuth("", "alice", "rabbit", "127.0.0.1")); err == nil || !strings.Contains(err.Error(), "535") {
+		t.Errorf("wrong password: %v, want 535", err)
+	}
+	c.Close()
+	c = dial()
+	defer c.Close()
+	if err := c.Auth(smtp.PlainAuth("", "alice", "wonderland", "127.0.0.1")); err != nil {
+		t.Fatalf("AUTH: %v", err)
+	}
+	if err := c.Mail("a@dev.test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("b@example.com"); err != nil {
+		t.Fatal(err)
+	}
+	w, _ := c.Data()
+	w.Write([]byte("Subject: logged in\r\n\r\nx\r\n"))
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var s summary
+	e.getJSON(t, "/wait?query="+urlq("subject:\"logged in\"")+"&timeout=10s", &s)
+	if s.ID == "" {
+		t.Error("authenticated message not captured")
 	}
 }

@@ -97,8 +97,14 @@ type Sandbox struct {
 	MaxMessages int      `toml:"max_messages"` // 0: no limit
 	MaxAge      Duration `toml:"max_age"`      // 0: no limit
 	// Webhook is POSTed a JSON summary of every captured message ("" disables).
-	Webhook string      `toml:"webhook"`
-	Chaos   []ChaosRule `toml:"chaos"`
+	Webhook string `toml:"webhook"`
+	// Auth offers SMTP AUTH PLAIN and LOGIN, also without TLS (the sandbox listens on
+	// loopback): "" not offered, "any" accepts every user name and password, "users" only
+	// those in Users. RequireAuth refuses MAIL before AUTH.
+	Auth        string            `toml:"auth"`
+	Users       map[string]string `toml:"users"`
+	RequireAuth bool              `toml:"require_auth"`
+	Chaos       []ChaosRule       `toml:"chaos"`
 }
 
 // ChaosRule makes the sandbox answer an error (see internal/policy/faults).
@@ -171,6 +177,9 @@ func (c *Config) SandboxPreset() {
 	c.SMTP.MaxConnectionsPerIP = 1000
 	c.Local.AcceptAll = "sandbox"
 	c.Sandbox.Enabled = true
+	// Programs configured with credentials for their real provider work unchanged; programs
+	// without them never use AUTH.
+	c.Sandbox.Auth = "any"
 	// Capture cannot fail for a remote reason; a retry is only for a store error, and a DSN
 	// for a captured message would only confuse.
 	c.Queue.RetryIntervals = []Duration{Duration(time.Second), Duration(10 * time.Second)}

@@ -274,9 +274,16 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 }
 
 // Dump renders the effective configuration as TOML, for `postamt config check` and the start-up
-// log. Nothing in Config is secret yet; when secrets arrive they are redacted here.
+// log. Secrets (the sandbox's SMTP passwords) are redacted.
 func (c *Config) Dump() string {
-	b, err := toml.Marshal(c)
+	d := *c
+	if len(c.Sandbox.Users) > 0 {
+		d.Sandbox.Users = map[string]string{}
+		for u := range c.Sandbox.Users {
+			d.Sandbox.Users[u] = "(redacted)"
+		}
+	}
+	b, err := toml.Marshal(&d)
 	if err != nil {
 		return "# cannot render configuration: " + err.Error()
 	}

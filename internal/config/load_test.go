@@ -130,7 +130,7 @@ func TestLoadSandbox(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Mode != "sandbox" || !c.Sandbox.Enabled || c.Local.AcceptAll != "sandbox" ||
+	if c.Mode != "sandbox" || !c.Sandbox.Enabled || c.Local.AcceptAll != "sandbox" || c.Sandbox.Auth != "any" ||
 		c.SMTP.Listen[0] != "127.0.0.1:1025" || c.Sandbox.HTTPListen != "127.0.0.1:8025" || c.DataDir != "postamt-sandbox" {
 		t.Errorf("sandbox preset = %+v", c)
 	}

@@ -245,6 +245,21 @@ func (c *Config) validateSandbox(v *validator) {
 			v.addf("sandbox.webhook", "%q must be an http:// or https:// URL", s.Webhook)
 		}
 	}
+	if s.Auth != "" && s.Auth != "any" && s.Auth != "users" {
+		v.addf("sandbox.auth", "%q is not allowed; use \"any\", \"users\" or leave it empty", s.Auth)
+	}
+	if s.Auth == "users" && len(s.Users) == 0 {
+		v.addf("sandbox.users", "auth = \"users\" needs at least one user = \"password\" entry")
+	}
+	for _, u := range slices.Sorted(maps.Keys(s.Users)) {
+		if u == "" || s.Users[u] == "" {
+			v.addf("sandbox.users", "user names and passwords must not be empty")
+			break
+		}
+	}
+	if s.RequireAuth && s.Auth == "" {
+		v.addf("sandbox.require_auth", "needs sandbox.auth = \"any\" or \"users\"")
+	}
 	for i, r := range s.Chaos {
 		opt := fmt.Sprintf("sandbox.chaos[%d]", i)
 		rule := faults.Rule{Stage: r.Stage, Reply: r.Reply, Probability: r.Probability, Match: r.Match, MinSize: int64(r.MinSize)}

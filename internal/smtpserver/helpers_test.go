@@ -57,6 +57,10 @@ type envOpts struct {
 	noTLS  bool
 	fs     spool.FS
 	policy *policy.Chain
+	// AUTH (see auth_test.go)
+	auth          smtpserver.Authenticator
+	authPlaintext bool
+	requireAuth   bool
 }
 
 func newEnv(t *testing.T, o envOpts) *testEnv {
@@ -88,7 +92,8 @@ func newEnv(t *testing.T, o envOpts) *testEnv {
 		o.limits.MaxMessageSize = 1 << 20
 	}
 	srv := smtpserver.New(smtpserver.Options{Hostname: "mx.example.test", Limits: o.limits, TLS: tlsConf,
-		Router: r, Intake: q, Logger: log, Policy: o.policy})
+		Router: r, Intake: q, Logger: log, Policy: o.policy,
+		Auth: o.auth, AuthPlaintext: o.authPlaintext, RequireAuth: o.requireAuth})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

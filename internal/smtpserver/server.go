@@ -68,6 +68,12 @@ type Options struct {
 	Listener string
 	// Policy runs the configured checks at each stage; nil accepts everything the router does.
 	Policy *policy.Chain
+	// Auth, when set, offers AUTH PLAIN and LOGIN (RFC 4954) inside TLS, or also in plain text
+	// with AuthPlaintext (the loopback sandbox). An authenticated client may relay (the Router
+	// is told), and RequireAuth refuses MAIL before AUTH with 530 5.7.0. Nil: no AUTH.
+	Auth          Authenticator
+	AuthPlaintext bool
+	RequireAuth   bool
 	// CommitLatency, when set, is told how long each accepted message took from the end of its
 	// data to the queue's durable commit (the wait before the 250), for metrics.
 	CommitLatency func(time.Duration)

@@ -41,8 +41,9 @@ type session struct {
 	quit     bool
 	end      string // why the session ended, for the log line
 
-	tx *txn
-	pc *policy.Conn // what checks see of this session
+	tx       *txn
+	pc       *policy.Conn // what checks see of this session
+	authUser string       // after a successful AUTH
 }
 
 // txn is the current mail transaction (MAIL FROM until the end of data or RSET).
@@ -251,7 +252,7 @@ func (s *session) command(line []byte) {
 	case "HELP":
 		s.reply(smtp.NewReply(214, smtp.CodeOK, "See https://www.rfc-editor.org/rfc/rfc5321"))
 	case "AUTH":
-		s.reply(smtp.NewReply(502, smtp.CodeInvalidCommand, "AUTH is not available on this service"))
+		s.cmdAuth(args)
 	case "GET", "POST", "HEAD", "PUT", "CONNECT", "USER":
 		// Postfix's smtpd_forbidden_commands: a web or proxy request sent to the SMTP port is an
 		// attack or a mistake; end it rather than answering every header line.
@@ -293,6 +294,9 @@ func (s *session) cmdHello(args string, ehlo bool) {
 		"SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"}
 	if s.srv.opts.TLS != nil && s.tls == nil {
 		ext = append(ext, "STARTTLS")
+	}
+	if s.authOffered() {
+		ext = append(ext, "AUTH PLAIN LOGIN")
 	}
 	s.reply(smtp.NewReply(250, smtp.EnhancedCode{}, strings.Join(ext, "\n")))
 }
@@ -355,4 +359,5 @@ func (s *session) cmdStartTLS(args string) {
 	// RFC 3207 §4.2: forget everything learnt before TLS; the client must EHLO again.
 	s.abortTx()
 	s.helo, s.esmtp = "", false
+	s.authUser, s.pc.AuthUser = "", ""
 }

@@ -49,6 +49,10 @@ func (s *session) cmdMail(args string) {
 		s.reply(errNestedMail)
 		return
 	}
+	if s.srv.opts.RequireAuth && s.authUser == "" {
+		s.reply(errAuthRequired)
+		return
+	}
 	arg, ok := cutPrefixFold(args, "FROM:")
 	if !ok {
 		s.reply(smtp.NewReply(501, smtp.EnhancedCode{5, 5, 4}, "Syntax: MAIL FROM:<address>"))
@@ -122,7 +126,7 @@ func (s *session) cmdRcpt(args string) {
 		s.reply(smtp.NewReply(452, smtp.CodeTooManyRcpts, "Too many recipients"))
 		return
 	}
-	rcpts, reply := s.srv.opts.Router.Resolve(path, false)
+	rcpts, reply := s.srv.opts.Router.Resolve(path, s.authUser != "")
 	if reply != nil {
 		s.srv.log.Info("recipient rejected", "session", s.id, "client", s.ip.String(), "from", s.tx.from.String(),
 			"to", path.String(), "reply", reply.Line())

@@ -30,14 +30,23 @@ type sandboxServer struct {
 }
 
 // startSandbox runs `postamt sandbox --memory` on free ports and waits for msg=ready.
-func startSandbox(t *testing.T) *sandboxServer {
+func startSandbox(t *testing.T) *sandboxServer { return startSandboxWith(t, "") }
+
+// startSandboxWith is startSandbox with a configuration file holding config (TOML).
+func startSandboxWith(t *testing.T, config string) *sandboxServer {
 	t.Helper()
 	bin := postamtBinary(t)
 	s := &sandboxServer{SMTPHost: "127.0.0.1", SMTPPort: freePort(t), stderr: &syncBuffer{}, exited: make(chan struct{})}
 	httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 	s.HTTP = "http://" + httpAddr
-	s.cmd = exec.Command(bin, "sandbox", "--memory", "--smtp", net.JoinHostPort(s.SMTPHost, strconv.Itoa(s.SMTPPort)), "--http", httpAddr)
-	s.cmd.Dir = t.TempDir()
+	args := []string{"sandbox", "--memory", "--smtp", net.JoinHostPort(s.SMTPHost, strconv.Itoa(s.SMTPPort)), "--http", httpAddr}
+	dir := t.TempDir()
+	if config != "" {
+		writeFile(t, filepath.Join(dir, "sandbox.toml"), config)
+		args = append(args, "--config", filepath.Join(dir, "sandbox.toml"))
+	}
+	s.cmd = exec.Command(bin, args...)
+	s.cmd.Dir = dir
 	s.cmd.Stdout, s.cmd.Stderr = s.stderr, s.stderr
 	started := time.Now()
 	if err := s.cmd.Start(); err != nil {
@@ -223,4 +232,36 @@ func TestSandboxGoNetSMTP(t *testing.T) {
 	if code != 200 || pg.Total != 1 {
 		t.Errorf("one message for two recipients expected, got %d (%s)", pg.Total, b)
 	}
+}
+
+// TestSandboxAuthClients: with AUTH required, swaks (AUTH LOGIN) and Python smtplib (login(),
+// which picks PLAIN) log in over plain text on loopback and their mail is captured; a wrong
+// password is refused.
+func TestSandboxAuthClients(t *testing.T) {
+	requireTool(t, "swaks")
+	py := requireTool(t, "python3")
+	s := startSandboxWith(t, "[sandbox]\nauth = \"users\"\nrequire_auth = true\n[sandbox.users]\ndev = \"secret\"\n")
+	res := swaks(t, s.SMTPHost, s.SMTPPort, "--from", "app@dev.test", "--to", "u@example.com", "--auth", "LOGIN",
+		"--auth-user", "dev", "--auth-password", "secret", "--header", "Subject: swaks auth")
+	if res.ExitCode != 0 || !strings.Contains(res.Output, "235 2.7.0") {
+		t.Fatalf("swaks --auth LOGIN: exit %d\n%s", res.ExitCode, res.Output)
+	}
+	s.wait(t, "subject:\"swaks auth\"")
+	res = swaks(t, s.SMTPHost, s.SMTPPort, "--from", "app@dev.test", "--to", "u@example.com", "--auth", "PLAIN",
+		"--auth-user", "dev", "--auth-password", "wrong")
+	if res.ExitCode == 0 || !strings.Contains(res.Output, "535 5.7.8") {
+		t.Errorf("wrong password accepted or not answered 535:\n%s", res.Output)
+	}
+	script := `
+import smtplib, sys
+with smtplib.SMTP(sys.argv[1], int(sys.argv[2]), local_hostname="client.test", timeout=15) as s:
+    s.login("dev", "secret")
+    s.sendmail("py@dev.test", ["u@example.com"], "Subject: smtplib auth\r\n\r\nx\r\n")
+print("sent")
+`
+	out := runCmd(t, "", py, "-c", script, s.SMTPHost, strconv.Itoa(s.SMTPPort))
+	if out.ExitCode != 0 || !strings.Contains(out.Output, "sent") {
+		t.Fatalf("smtplib login: exit %d\n%s", out.ExitCode, out.Output)
+	}
+	s.wait(t, "subject:\"smtplib auth\"")
 }
