@@ -52,13 +52,10 @@ func (s *session) cmdAuth(args string) {
 		if !ok {
 			return
 		}
-		// authzid NUL authcid NUL passwd; we act only as the authenticated identity.
-		parts := strings.Split(resp, "\x00")
-		if len(parts) != 3 {
+		if user, pass, ok = parsePlain(resp); !ok {
 			s.reply(smtp.NewReply(501, smtp.EnhancedCode{5, 5, 2}, "PLAIN response must be authzid NUL user NUL password"))
 			return
 		}
-		user, pass = parts[1], parts[2]
 	case "LOGIN":
 		var ok bool
 		if user, ok = s.authResponse(initial, "VXNlcm5hbWU6"); !ok { // "Username:"
@@ -80,6 +77,16 @@ func (s *session) cmdAuth(args string) {
 	s.pc.AuthUser = s.authUser
 	s.srv.log.Info("authenticated", "session", s.id, "client", s.ip.String(), "user", s.authUser)
 	s.reply(smtp.NewReply(235, smtp.EnhancedCode{2, 7, 0}, "Authentication successful"))
+}
+
+// parsePlain splits a decoded PLAIN response (RFC 4616): authzid NUL authcid NUL passwd. We act
+// only as the authenticated identity, so authzid is ignored.
+func parsePlain(resp string) (user, pass string, ok bool) {
+	parts := strings.Split(resp, "\x00")
+	if len(parts) != 3 || parts[1] == "" {
+		return "", "", false
+	}
+	return parts[1], parts[2], true
 }
 
 // authResponse returns the decoded client response: the initial response given with the

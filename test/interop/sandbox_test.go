@@ -187,6 +187,16 @@ print("sent")
 	if code, b := s.get(t, fmt.Sprintf("/api/v1/messages/%s/parts/%d", m.ID, m.Parsed.Attachments[0].Index)); code != 200 || string(b) != "\x00\x01binary" {
 		t.Errorf("attachment = %d %q", code, b)
 	}
+	// The same client with STARTTLS (testdata/smtplib_client.py): the sandbox offers TLS with a
+	// generated certificate, and AUTH inside it.
+	r, res2 := runSmtplib(t, "send", s.SMTPHost, strconv.Itoa(s.SMTPPort), "tls@dev.test", "smtplib over TLS", "x@example.com")
+	if res2.ExitCode != 0 || r.Error != "" || r.StartTLSCode != 220 || r.TLSVersion == "" {
+		t.Fatalf("smtplib STARTTLS into the sandbox: exit %d, %+v", res2.ExitCode, r)
+	}
+	if _, ok := r.EHLOTLSFeatures["AUTH"]; !ok {
+		t.Errorf("AUTH not offered after STARTTLS: %v", r.EHLOTLSFeatures)
+	}
+	s.wait(t, "subject:\"smtplib over TLS\"")
 }
 
 // TestSandboxGoNetSMTP: an application-style sender, Go's net/smtp client, makes the calls
