@@ -84,7 +84,7 @@ function row(m) {
     el("div", { class: "row1" }, el("span", { class: "from" }, m.from || m.envelope_from || "(no sender)"), el("span", { class: "time" }, fmtTime(m.received))),
     el("div", { class: "subj" + (m.attachments ? " clip" : "") }, m.subject || "(no subject)"),
     el("div", { class: "snip" }, ...m.tags.map((t) => el("span", { class: "tag" }, t)), m.snippet));
-  li.addEventListener("click", () => open(m.id));
+  li.addEventListener("click", () => openMessage(m.id));
   return li;
 }
 
@@ -107,7 +107,7 @@ async function loadStats() {
 
 // ---- message view
 
-async function open(id) {
+async function openMessage(id) {
   state.selected = id;
   for (const li of document.querySelectorAll("#list li")) li.classList.toggle("selected", li.dataset.id === id);
   const li = document.querySelector(`#list li[data-id="${CSS.escape(id)}"]`);
@@ -253,7 +253,7 @@ async function deleteCurrent() {
   // The deleted message is no longer current: the server's "delete" event for it, which may
   // arrive while the next one loads, must not close the view.
   state.current = null;
-  if (next) open(next.id); else closeView();
+  if (next) openMessage(next.id); else closeView();
   loadList();
 }
 
@@ -306,7 +306,7 @@ function move(delta) {
   if (!state.messages.length) return;
   let i = state.messages.findIndex((x) => x.id === state.selected);
   i = i < 0 ? 0 : Math.min(state.messages.length - 1, Math.max(0, i + delta));
-  open(state.messages[i].id);
+  openMessage(state.messages[i].id);
 }
 
 document.addEventListener("keydown", (e) => {
@@ -321,7 +321,7 @@ document.addEventListener("keydown", (e) => {
   switch (e.key) {
     case "j": case "ArrowDown": move(1); break;
     case "k": case "ArrowUp": move(-1); break;
-    case "Enter": case "o": if (state.selected) open(state.selected); else move(0); break;
+    case "Enter": case "o": if (state.selected) openMessage(state.selected); else move(0); break;
     case "/": $("#search").focus(); break;
     case "u": toggleRead(); break;
     case "#": case "Delete": deleteCurrent(); break;
@@ -389,5 +389,5 @@ api("/info").then((i) => { $("#smtp-hint").textContent = i.smtp.join(", "); }).c
 connect();
 loadList().then(() => {
   const m = location.hash.match(/^#\/m\/(.+)$/);
-  if (m) open(decodeURIComponent(m[1]));
+  if (m) openMessage(decodeURIComponent(m[1]));
 });
