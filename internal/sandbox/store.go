@@ -289,7 +289,7 @@ func (s *Store) writer() {
 				break more
 			}
 		}
-		err := s.insert(batch)
+		pruned, err := s.insert(batch)
 		for _, r := range batch {
 			r.done <- err
 		}
@@ -299,23 +299,27 @@ func (s *Store) writer() {
 					s.publish(Event{Type: "new", Message: r.sum})
 				}
 			}
-			s.pruneCount()
+			if len(pruned) > 0 {
+				s.publish(Event{Type: "delete", IDs: pruned})
+			}
 		} else {
 			s.log.Error("sandbox: saving messages failed", "err", err, "count", len(batch))
 		}
 	}
 }
 
-func (s *Store) insert(batch []*saveReq) error {
+// insert stores a batch in one transaction and, in the same transaction, deletes the oldest
+// messages beyond MaxMessages (returned), so that a caller whose Save returned never sees more.
+func (s *Store) insert(batch []*saveReq) ([]string, error) {
 	tx, err := s.db.Begin()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer tx.Rollback()
 	ins, err := tx.Prepare(`INSERT OR IGNORE INTO msg (uid, received, env_from, env_to, hdr_from, hdr_to, subject, snippet, size, attachments)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer ins.Close()
 	var added int64
@@ -325,44 +329,41 @@ func (s *Store) insert(batch []*saveReq) error {
 		res, err := ins.Exec(r.env.ID, r.env.ReceivedAt.UnixMicro(), r.env.From, strings.Join(r.env.To, "\n"),
 			r.p.From, strings.Join(to, "\n"), r.p.Subject, r.snippet, len(r.raw), len(r.p.Attachments))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
 			continue // the same queue message again (a retry after a crash): keep the first
 		}
 		id, err := res.LastInsertId()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if _, err := tx.Exec(`INSERT INTO raw (id, data) VALUES (?, ?)`, id, r.raw); err != nil {
-			return err
+			return nil, err
 		}
 		if _, err := tx.Exec(`INSERT INTO msg_fts (rowid, subject, body, from_addr, to_addr) VALUES (?, ?, ?, ?, ?)`,
 			id, r.p.Subject, r.body, r.p.From+" "+r.env.From, strings.Join(to, " ")+" "+strings.Join(r.env.To, " ")); err != nil {
-			return err
+			return nil, err
 		}
 		added++
 		req.sum = &Summary{ID: r.env.ID, Received: r.env.ReceivedAt.UTC(), EnvelopeFrom: r.env.From, EnvelopeTo: r.env.To,
 			From: r.p.From, To: to, Subject: r.p.Subject, Snippet: r.snippet, Size: int64(len(r.raw)),
 			Attachments: len(r.p.Attachments), Tags: []string{}}
 	}
+	var pruned []string
+	if max := int64(s.opts.MaxMessages); max > 0 && s.count.Load()+added > max {
+		if pruned, err = deleteTx(tx, `id IN (SELECT id FROM msg ORDER BY id LIMIT ?)`, s.count.Load()+added-max); err != nil {
+			return nil, err
+		}
+	}
 	if err := tx.Commit(); err != nil {
 		for _, req := range batch {
 			req.sum = nil
 		}
-		return err
+		return nil, err
 	}
-	s.count.Add(added)
-	return nil
-}
-
-// pruneCount enforces MaxMessages, oldest first.
-func (s *Store) pruneCount() {
-	max := int64(s.opts.MaxMessages)
-	if max <= 0 || s.count.Load() <= max {
-		return
-	}
-	s.deleteWhere(`id IN (SELECT id FROM msg ORDER BY id LIMIT ?)`, s.count.Load()-max)
+	s.count.Add(added - int64(len(pruned)))
+	return pruned, nil
 }
 
 func (s *Store) pruneAge() {
@@ -379,6 +380,22 @@ func (s *Store) deleteWhere(cond string, args ...any) ([]string, error) {
 		return nil, err
 	}
 	defer tx.Rollback()
+	uids, err := deleteTx(tx, cond, args...)
+	if err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, err
+	}
+	s.count.Add(-int64(len(uids)))
+	if len(uids) > 0 {
+		s.publish(Event{Type: "delete", IDs: uids})
+	}
+	return uids, nil
+}
+
+// deleteTx deletes the messages matching cond inside tx and returns their IDs.
+func deleteTx(tx *sql.Tx, cond string, args ...any) ([]string, error) {
 	rows, err := tx.Query(`SELECT id, uid FROM msg WHERE `+cond, args...)
 	if err != nil {
 		return nil, err
@@ -404,13 +421,6 @@ func (s *Store) deleteWhere(cond string, args ...any) ([]string, error) {
 				return nil, err
 			}
 		}
-	}
-	if err := tx.Commit(); err != nil {
-		return nil, err
-	}
-	s.count.Add(-int64(len(ids)))
-	if len(uids) > 0 {
-		s.publish(Event{Type: "delete", IDs: uids})
 	}
 	return uids, nil
 }
