@@ -2,6 +2,7 @@
 # Postamt benchmark harness: `make bench` (full) and `make bench-quick`.
 #
 #   scripts/bench.sh [--quick] [--servers "postamt postfix mailpit smtp-sink"]
+#   scripts/bench.sh --sandbox [--quick]   # the sandbox against Mailpit (see below)
 #
 # Measures, in one run and on 127.0.0.1 high ports only:
 #   - smtp-sink (Postfix's test sink: the protocol/client ceiling of this machine)
@@ -15,6 +16,12 @@
 # Writes bench/out/results.md (also printed) and bench/out/throughput.png.
 # See docs/benchmarks.md.
 #
+# --sandbox compares `postamt sandbox` with Mailpit: the throughput rounds above
+# with servers "postamt-sandbox mailpit" (scenario c), then, on fresh servers,
+# resident memory after 10,000 and 100,000 stored 10 KB messages, search
+# latency and the UI's list API time (tools/sandboxbench; BENCH_SANDBOX_STEPS
+# overrides "10000,100000"). Writes bench/out/sandbox.md.
+#
 # Environment overrides: BENCH_N (messages per run), BENCH_ROUNDS, BENCH_CONNS
 # ("10 50"), BENCH_SIZE (bytes), BENCH_IDLE (idle connections), BENCH_HOLD
 # (e.g. 15s), BENCH_SERVERS.
@@ -25,12 +32,14 @@ cd "$ROOT"
 
 MODE=full
 SERVERS_ARG=""
+SANDBOX=0
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--quick) MODE=quick ;;
 	--full) MODE=full ;;
 	--servers) SERVERS_ARG=$2; shift ;;
-	-h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+	--sandbox) SANDBOX=1 ;;
+	-h | --help) sed -n '2,28p' "$0"; exit 0 ;;
 	*) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 	shift
@@ -45,6 +54,7 @@ CONNS=${BENCH_CONNS:-"10 50"}
 SIZE=${BENCH_SIZE:-10240}
 IDLE=${BENCH_IDLE:-5000}
 SERVERS=${SERVERS_ARG:-${BENCH_SERVERS:-"postamt postfix mailpit smtp-sink"}}
+if [ "$SANDBOX" = 1 ] && [ -z "$SERVERS_ARG" ]; then SERVERS="postamt-sandbox mailpit"; fi
 MAILPIT_VERSION=v1.33.1
 RCPT=user@bench.test
 # bounds: no single load run may take longer than this, nor a delivery wait
@@ -103,7 +113,7 @@ wait_gone() {
 	return 1
 }
 
-rm -rf "$OUT/runs" "$OUT/warmup" "$OUT/unavailable" "$OUT/logs" "$OUT"/idle-*.json "$OUT"/fsync-*.json \
+rm -rf "$OUT/runs" "$OUT/warmup" "$OUT/unavailable" "$OUT/logs" "$OUT"/idle-*.json "$OUT"/fsync-*.json "$OUT"/sandbox*.json "$OUT/sandbox.md" \
 	"$OUT/results.md" "$OUT/throughput.png" "$OUT/chart.tsv" "$OUT/machine.md"
 mkdir -p "$OUT/runs" "$OUT/warmup" "$OUT/unavailable" "$OUT/logs" "$BIN"
 
@@ -145,10 +155,10 @@ if want mailpit; then
 fi
 
 log "building the harness tools"
-for t in loadgen benchutil benchchart; do
+for t in loadgen benchutil benchchart sandboxbench; do
 	go build -o "$BIN/$t" "./tools/$t"
 done
-if want postamt; then
+if want postamt || want postamt-sandbox; then
 	log "building bin/postamt"
 	if ! go build -o "$BIN/postamt" ./cmd/postamt >"$OUT/logs/postamt-build.log" 2>&1; then
 		unavailable postamt "pending: \`go build -o bin/postamt ./cmd/postamt\` failed: $(head -c 300 "$OUT/logs/postamt-build.log" | tr '\n' ' ')"
@@ -164,7 +174,7 @@ chmod 755 "$WORK"
 # run private copies: bin/ is shared with whoever else builds in this tree,
 # and a binary replaced in the middle of the rounds would mix two versions
 mkdir -p "$WORK/bin"
-for b in loadgen benchutil benchchart postamt mailpit; do
+for b in loadgen benchutil benchchart sandboxbench postamt mailpit; do
 	if [ -x "$BIN/$b" ]; then cp "$BIN/$b" "$WORK/bin/$b"; fi
 done
 POSTAMT_SHA=$(sha256sum "$WORK/bin/postamt" 2>/dev/null | cut -c1-12 || true)
@@ -329,9 +339,43 @@ stop_postfix() {
 	PF_CONFS=("${keep[@]}")
 }
 
+# postamt sandbox: the same binary and pipeline, capturing instead of delivering
+start_postamt-sandbox() {
+	local d=$1 port=$2
+	mkdir -p "$d/data"
+	SANDBOX_HTTP=127.0.0.1:$("$BIN/benchutil" freeport -n 1 -from 59000 -to 60999)
+	cat >"$d/postamt.toml" <<-EOF
+		mode = "sandbox"
+		hostname = "postamt.bench.test"
+		data_dir = "$d/data"
+
+		[smtp]
+		listen = ["127.0.0.1:$port"]
+		max_message_size = "25MiB"
+
+		[sandbox]
+		http_listen = "$SANDBOX_HTTP"
+		max_messages = 0
+	EOF
+	SRV_LOG=$d/postamt.log
+	"$BIN/postamt" serve --config "$d/postamt.toml" >"$SRV_LOG" 2>&1 9>&- &
+	SRV_PID=$!
+	CHILD_PIDS+=("$SRV_PID")
+	local i
+	for ((i = 0; i < 300; i++)); do
+		grep -q 'msg=ready' "$SRV_LOG" 2>/dev/null && break
+		kill -0 "$SRV_PID" 2>/dev/null || { log "postamt sandbox exited: $(tail -3 "$SRV_LOG")"; return 1; }
+		sleep 0.1
+	done
+	"$BIN/benchutil" waitport -addr "127.0.0.1:$port" -timeout 30s >/dev/null || return 1
+	SRV_MAILDIR=""
+	SRV_STOP="stop_pid"
+}
+
 start_mailpit() {
 	local d=$1 port=$2 uiport
 	uiport=$("$BIN/benchutil" freeport -n 1 -from 59000 -to 60999)
+	SANDBOX_HTTP=127.0.0.1:$uiport
 	SRV_LOG=$d/mailpit.log
 	"$MAILPIT" --smtp "127.0.0.1:$port" --listen "127.0.0.1:$uiport" --database "$d/mailpit.db" \
 		--max 0 --disable-version-check --smtp-disable-rdns --log-file "$SRV_LOG" >"$d/mailpit.out" 2>&1 9>&- &
@@ -461,6 +505,53 @@ if [[ " ${ACTIVE[*]} " == *" postamt "* ]] && [ "$IDLE" -gt 0 ]; then
 		log "idle: postamt did not start"
 		[ -n "$SRV_PID" ] && stop_pid
 	fi
+fi
+
+# ------------------------------------------------------------------ sandbox store
+# memory after N stored messages, search and list latency (--sandbox)
+sandbox_store_bench() {
+	local s d port steps=${BENCH_SANDBOX_STEPS:-10000,100000}
+	[ "$MODE" = quick ] && steps=${BENCH_SANDBOX_STEPS:-2000,10000}
+	for s in "${ACTIVE[@]}"; do
+		d=$WORK/store-$s
+		mkdir -p "$d"
+		port=$("$BIN/benchutil" freeport -n 1)
+		log "store $s: $("$BIN/benchutil" quiet -max-busy 0.10 -window 1s -timeout "$QUIET_WAIT")"
+		SRV_PID=""; SRV_STOP=""
+		if ! "start_$s" "$d" "$port"; then
+			log "store $s: did not start"
+			[ -n "$SRV_PID" ] && stop_pid
+			continue
+		fi
+		log "store $s: filling to $steps messages of $SIZE B over 50 connections"
+		timeout 3600 "$BIN/sandboxbench" -kind "${s%-sandbox}" -smtp "127.0.0.1:$port" -http "http://$SANDBOX_HTTP" \
+			-pid "$SRV_PID" -steps "$steps" -c 50 -size "$SIZE" -out "$OUT/sandbox-$s.json" || log "store $s: sandboxbench failed"
+		"$SRV_STOP"
+		cp "$SRV_LOG" "$OUT/logs/store-$s.log" 2>/dev/null || true
+		rm -rf "$d"
+	done
+	{
+		echo "## Sandbox store: memory, search, list"
+		echo
+		echo "| Server | messages | fill msg/s (50 conns) | RSS MiB | search p50 ms | search p90 ms | median hits | from: p50 ms | list API p50 ms |"
+		echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+		for s in "${ACTIVE[@]}"; do
+			[ -f "$OUT/sandbox-$s.json" ] || continue
+			python3 - "$s" "$OUT/sandbox-$s.json" <<-'PY'
+				import json, sys
+				r = json.load(open(sys.argv[2]))
+				for st in r["steps"]:
+				    print("| %s | %d | %.0f | %.1f | %.1f | %.1f | %.0f | %.1f | %.1f |" % (sys.argv[1], st["messages"], st["fill_msgs_per_sec"],
+				        st["rss_mib"], st["search_p50_ms"], st["search_p90_ms"], st["search_median_hits"], st["from_search_p50_ms"], st["list_p50_ms"]))
+			PY
+		done
+		echo
+		echo "Search terms are words present in a few percent of the messages (first page of 50 plus the total count); from: searches one of 10,000 senders. RSS is read once, 3 s after the last message was stored."
+	} >"$OUT/sandbox.md"
+	cat "$OUT/sandbox.md" >&2
+}
+if [ "$SANDBOX" = 1 ]; then
+	sandbox_store_bench
 fi
 
 # ------------------------------------------------------------------ report

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real mail software that the interop tests (test/interop, build tag
-# "interop") talk to: Postfix, Dovecot (core + LMTP), swaks, msmtp, python3.
+# "interop") talk to: Postfix, Dovecot (core + LMTP), swaks, msmtp, python3, and
+# Chromium (with a font) for the sandbox web UI test.
 #
 # - Debian bookworm, run as root (uses sudo when not root and sudo exists).
 # - Idempotent: a fast no-op when everything is installed; `apt-get update` only
@@ -19,8 +20,9 @@ set -euo pipefail
 # temp dirs on loopback ports; clamd gets a tiny signature database the test writes.
 # clamav-freshclam comes in as a dependency, but like the other services it is not started
 # (policy-rc.d below) and is disabled afterwards, so no signature download ever happens.
+# chromium, fonts-dejavu-core: the sandbox web UI test drives headless Chromium.
 PKGS=(postfix swaks libnet-ssleay-perl dovecot-core dovecot-lmtpd msmtp python3 python3-dkim python3-authres ca-certificates openssl iproute2
-	rspamd clamav-daemon opendkim opendkim-tools)
+	rspamd clamav-daemon opendkim opendkim-tools chromium fonts-dejavu-core)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

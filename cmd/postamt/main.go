@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -40,7 +41,7 @@ func rootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(serveCmd(), configCmd(), checkCmd(), queueCmd(), quarantineCmd(), userCmd(), dkimCmd())
+	root.AddCommand(serveCmd(), sandboxCmd(), configCmd(), checkCmd(), queueCmd(), quarantineCmd(), userCmd(), dkimCmd())
 	return root
 }
 
@@ -67,29 +68,80 @@ func serveCmd() *cobra.Command {
 				}
 				defer stop()
 			}
-			a, err := app.Start(cfg, log)
-			if err != nil {
-				return err
-			}
-			sig := make(chan os.Signal, 1)
-			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-			var runErr error
-			select {
-			case s := <-sig:
-				log.Info("signal received, shutting down", "signal", s.String())
-			case runErr = <-a.Err():
-				log.Error("listener failed", "err", runErr)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			if err := a.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-				return err
-			}
-			return runErr
+			return runApp(cfg, log)
 		},
 	}
 	cmd.Flags().StringVarP(&file, "config", "c", "", "configuration file (TOML); defaults apply to everything it leaves out")
 	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) to this file until shutdown")
+	return cmd
+}
+
+// runApp starts the app and waits for a signal or a failed listener.
+func runApp(cfg *config.Config, log *slog.Logger) error {
+	a, err := app.Start(cfg, log)
+	if err != nil {
+		return err
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	var runErr error
+	select {
+	case s := <-sig:
+		log.Info("signal received, shutting down", "signal", s.String())
+	case runErr = <-a.Err():
+		log.Error("listener failed", "err", runErr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := a.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return runErr
+}
+
+func sandboxCmd() *cobra.Command {
+	var file, smtpAddr, httpAddr, dataDir string
+	var memory bool
+	cmd := &cobra.Command{
+		Use:   "sandbox",
+		Short: "Run a fake SMTP server for testing: capture all mail, deliver none, web UI and API",
+		Long: `Runs Postamt as a sandbox: SMTP on 127.0.0.1:1025 accepts any sender and recipient,
+every message is stored and shown in the web UI and REST API on http://127.0.0.1:8025/,
+and nothing is delivered. It is the same pipeline as "postamt serve" with mode = "sandbox";
+a --config file may change any setting.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.LoadSandbox(file)
+			if err != nil {
+				return err
+			}
+			if smtpAddr != "" {
+				cfg.SMTP.Listen = []string{smtpAddr}
+			}
+			if httpAddr != "" {
+				cfg.Sandbox.HTTPListen = httpAddr
+			}
+			if dataDir != "" {
+				cfg.DataDir = dataDir
+			}
+			if memory {
+				cfg.Sandbox.MemoryOnly = true
+			}
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			log, err := observe.NewLogger(os.Stderr, cfg.Log.Format, cfg.Log.Level)
+			if err != nil {
+				return err
+			}
+			return runApp(cfg, log)
+		},
+	}
+	cmd.Flags().StringVarP(&file, "config", "c", "", "configuration file (TOML) over the sandbox preset")
+	cmd.Flags().StringVar(&smtpAddr, "smtp", "", "SMTP listen address (default 127.0.0.1:1025)")
+	cmd.Flags().StringVar(&httpAddr, "http", "", "web UI and API listen address (default 127.0.0.1:8025)")
+	cmd.Flags().StringVar(&dataDir, "data-dir", "", "where captured mail is kept (default ./postamt-sandbox)")
+	cmd.Flags().BoolVar(&memory, "memory", false, "keep captured mail in memory only; nothing is left on disk")
 	return cmd
 }
 

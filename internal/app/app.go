@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/postamt/postamt/internal/policy"
 	"log/slog"
 	"maps"
 	"net"
@@ -42,6 +43,7 @@ type App struct {
 	SMTP   *smtpserver.Server
 	// Submission serves the submission listeners (nil when none is configured).
 	Submission *smtpserver.Server
+	Sandbox    *Sandbox // nil unless [sandbox] is enabled
 	log        *slog.Logger
 	addrs      []net.Addr
 	subAddrs   []net.Addr
@@ -59,7 +61,18 @@ type App struct {
 }
 
 // Start opens the queue, starts delivery and begins listening. On error nothing is left running.
-func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
+func Start(cfg *config.Config, log *slog.Logger) (a *App, err error) {
+	var sb *Sandbox
+	if cfg.Sandbox.Enabled {
+		if sb, cfg, err = openSandbox(cfg, log); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				sb.close(context.Background())
+			}
+		}()
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
@@ -104,7 +117,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		DestinationLimit: cfg.Outbound.DestinationLimit,
 		RemoteLimit:      cfg.Outbound.MaxConnections,
 		Workers:          cfg.Queue.DeliveryWorkers,
-		Transports:       append([]transport.Transport{local, out}, mapTransports(cfg)...),
+		Transports:       append(append([]transport.Transport{local, out}, mapTransports(cfg)...), sb.transports()...),
 		Logger:           log,
 	})
 	if err != nil {
@@ -148,6 +161,7 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 		tlsConf = acme.TLSConfig()
 	}
 	l := cfg.SMTP
+	sbAuth, sbPlain, sbRequire := sb.smtpAuth()
 	srv := smtpserver.New(smtpserver.Options{
 		Hostname: cfg.Hostname,
 		Limits: smtpserver.Limits{
@@ -155,19 +169,22 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 			CommandTimeout: l.CommandTimeout.D(), DataTimeout: l.DataTimeout.D(),
 			MaxConnections: l.MaxConnections, MaxConnectionsPerIP: l.MaxConnectionsPerIP, MaxErrors: l.MaxErrors,
 		},
-		TLS:           tlsConf,
-		Router:        rt,
-		Intake:        q,
-		Logger:        log,
-		IDs:           observe.NewIDGen(nil),
-		CommitLatency: hist.Commit,
-		Policy:        checks.Chain,
-		GreetDelay:    checks.GreetDelay,
-		Quarantine:    qs,
+		TLS:                tlsConf,
+		Router:             rt,
+		Intake:             q,
+		Logger:             log,
+		IDs:                observe.NewIDGen(nil),
+		CommitLatency:      hist.Commit,
+		Policy:             withChaos(checks.Chain, sb),
+		Auth:               sbAuth,
+		AllowPlaintextAuth: sbPlain,
+		RequireAuth:        sbRequire,
+		GreetDelay:         checks.GreetDelay,
+		Quarantine:         qs,
 	})
 	sub := cfg.Submission
-	a := &App{Config: cfg, Queue: q, SMTP: srv, log: log, checks: checks, remote: out, Quarantine: qs, acme: acme,
-		errc: make(chan error, len(l.Listen)+len(sub.Listen)+len(sub.ListenTLS))}
+	a = &App{Config: cfg, Queue: q, SMTP: srv, Sandbox: sb, log: log, checks: checks, remote: out, Quarantine: qs, acme: acme,
+		errc: make(chan error, len(l.Listen)+len(sub.Listen)+len(sub.ListenTLS)+1)}
 	type listener struct {
 		ln      net.Listener
 		srv     *smtpserver.Server
@@ -224,6 +241,11 @@ func Start(cfg *config.Config, log *slog.Logger) (*App, error) {
 	}
 	for _, addr := range sub.ListenTLS {
 		if err := listen("submission.listen_tls", addr, a.Submission, "submissions", true); err != nil {
+			return fail(err)
+		}
+	}
+	if sb != nil {
+		if err := sb.serve(q, rt, a.addrs, a.errc); err != nil {
 			return fail(err)
 		}
 	}
@@ -315,6 +337,10 @@ func (a *App) Shutdown(ctx context.Context) error {
 	a.remote.Close() // idle connections kept for reuse
 	if cerr := a.checks.Close(); err == nil {
 		err = cerr
+	}
+	// The sandbox store closes after the queue, whose last deliveries may still be saving.
+	if a.Sandbox != nil {
+		a.Sandbox.close(ctx)
 	}
 	a.log.Info("stopped")
 	return err
@@ -423,4 +449,19 @@ func mapTransports(cfg *config.Config) []transport.Transport {
 		out = append(out, &lmtp.Transport{Address: strings.TrimPrefix(rt.Transport, "lmtp:"), Hostname: cfg.Hostname, Label: rt.Transport})
 	}
 	return out
+}
+
+// withChaos puts the sandbox's fault rules (answers chosen errors at chosen stages) in front of
+// the configured checks, so that a rule fires whatever the checks would say.
+func withChaos(c *policy.Chain, sb *Sandbox) *policy.Chain {
+	chaos := sb.policy()
+	if chaos == nil {
+		return c
+	}
+	if c == nil {
+		return chaos
+	}
+	out := *c
+	out.Entries = append(append([]policy.Entry(nil), chaos.Entries...), c.Entries...)
+	return &out
 }

@@ -12,6 +12,9 @@ import (
 
 // Config is the whole configuration. Components receive only their own section.
 type Config struct {
+	// Mode is a preset applied before the file: "server" (the default) or "sandbox" (see
+	// SandboxPreset). It only changes defaults; every option can still be set.
+	Mode       string     `toml:"mode"`
 	Hostname   string     `toml:"hostname"`
 	DataDir    string     `toml:"data_dir"`
 	Log        Log        `toml:"log"`
@@ -24,6 +27,7 @@ type Config struct {
 	Admin      Admin      `toml:"admin"`
 	Checks     Checks     `toml:"checks"`
 	Quarantine Quarantine `toml:"quarantine"`
+	Sandbox    Sandbox    `toml:"sandbox"`
 	// Submission and DKIM: mail from the server's own users and applications.
 	Submission Submission `toml:"submission"`
 	DKIM       DKIM       `toml:"dkim"`
@@ -122,6 +126,9 @@ type Local struct {
 	Transport     string              `toml:"transport"` // maildir | lmtp
 	MaildirRoot   string              `toml:"maildir_root"`
 	LMTPAddress   string              `toml:"lmtp_address"`
+	// AcceptAll names a transport that takes every recipient of every domain, with no relay
+	// control: "sandbox" (set by mode = "sandbox"), or "" for normal routing.
+	AcceptAll string `toml:"accept_all"`
 }
 
 // Outbound is delivery to other domains' mail exchangers.
@@ -154,6 +161,36 @@ type OutboundTLS struct {
 	DANEResolver string `toml:"dane_resolver"`
 	// Policy maps a domain (or relay host name) to none | may | encrypt | verify | dane.
 	Policy map[string]string `toml:"policy"`
+}
+
+// Sandbox is the capture store and its web UI and API (mode = "sandbox").
+type Sandbox struct {
+	// Enabled opens the store, the "sandbox" transport and the HTTP listener.
+	Enabled    bool   `toml:"enabled"`
+	HTTPListen string `toml:"http_listen"` // web UI and REST API
+	// MemoryOnly keeps captured mail in memory and the queue in a temporary directory removed
+	// at exit: nothing is left on disk.
+	MemoryOnly  bool     `toml:"memory_only"`
+	MaxMessages int      `toml:"max_messages"` // 0: no limit
+	MaxAge      Duration `toml:"max_age"`      // 0: no limit
+	// Webhook is POSTed a JSON summary of every captured message ("" disables).
+	Webhook string `toml:"webhook"`
+	// Auth offers SMTP AUTH PLAIN and LOGIN, also without TLS (the sandbox listens on
+	// loopback): "" not offered, "any" accepts every user name and password, "users" only
+	// those in Users. RequireAuth refuses MAIL before AUTH.
+	Auth        string            `toml:"auth"`
+	Users       map[string]string `toml:"users"`
+	RequireAuth bool              `toml:"require_auth"`
+	Chaos       []ChaosRule       `toml:"chaos"`
+}
+
+// ChaosRule makes the sandbox answer an error (see internal/policy/faults).
+type ChaosRule struct {
+	Stage       string  `toml:"stage"`       // connect, helo, mail, rcpt, data, delivery
+	Reply       string  `toml:"reply"`       // "451 4.3.0 Try again later"
+	Probability float64 `toml:"probability"` // 0..1
+	Match       string  `toml:"match"`       // address substring, "" for all
+	MinSize     Size    `toml:"min_size"`    // only messages at least this big
 }
 
 type Metrics struct {
@@ -217,8 +254,38 @@ func Default() *Config {
 			AuthFailureDelay: Duration(500 * time.Millisecond), AuthFailuresPerIP: 10, AuthFailuresPerUser: 5,
 			AuthLockout: Duration(15 * time.Minute),
 		},
-		DKIM: DKIM{KeyDir: "dkim"},
+		DKIM:    DKIM{KeyDir: "dkim"},
+		Mode:    "server",
+		Sandbox: Sandbox{HTTPListen: "127.0.0.1:8025", MaxMessages: 10000},
 	}
+}
+
+// SandboxPreset turns the defaults into a fake SMTP server for testing mail: SMTP on
+// 127.0.0.1:1025, web UI and API on 127.0.0.1:8025, every recipient of every domain accepted
+// and captured, nothing delivered, its own data directory. Checks that another part of the
+// configuration enables still run; each setting here can be overridden by the file.
+func (c *Config) SandboxPreset() {
+	c.Mode = "sandbox"
+	c.DataDir = "postamt-sandbox"
+	c.SMTP.Listen = []string{"127.0.0.1:1025"}
+	// Load tests and test suites connect from one address, often with many connections.
+	c.SMTP.MaxConnectionsPerIP = 1000
+	c.Local.AcceptAll = "sandbox"
+	c.Sandbox.Enabled = true
+	// Programs configured with credentials for their real provider work unchanged; programs
+	// without them never use AUTH.
+	c.Sandbox.Auth = "any"
+	// Capture cannot fail for a remote reason; a retry is only for a store error, and a DSN
+	// for a captured message would only confuse.
+	c.Queue.RetryIntervals = []Duration{Duration(time.Second), Duration(10 * time.Second)}
+	c.Queue.MaxAge = Duration(time.Hour)
+	c.Queue.DelayWarning = 0
+	// Checks annotate instead of refusing (DESIGN.md §3): a tester wants to see the verdicts a
+	// receiver would reach (Authentication-Results, the UI's checks) on every message, not a 550.
+	c.Checks.DMARC.OnReject, c.Checks.DMARC.OnQuarantine = "continue", "continue"
+	c.Checks.Helo.Action = "continue"
+	c.Checks.RateLimit.Enabled = false
+	c.Checks.Attachments.Enabled = false
 }
 
 // File names the file the configuration was read from ("" for pure defaults).

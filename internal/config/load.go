@@ -54,7 +54,19 @@ func (es Errors) Error() string {
 // Load reads path over the defaults, applies environment overrides and validates the result.
 // An empty path means defaults only.
 func Load(path string) (*Config, error) {
+	return load(path, "")
+}
+
+// LoadSandbox is Load with the sandbox preset applied first (postamt sandbox).
+func LoadSandbox(path string) (*Config, error) {
+	return load(path, "sandbox")
+}
+
+func load(path, mode string) (*Config, error) {
 	c := Default()
+	if mode == "sandbox" {
+		c.SandboxPreset()
+	}
 	if path != "" {
 		data, err := os.ReadFile(path)
 		if err != nil {
@@ -99,6 +111,19 @@ func (c *Config) decode(name string, data []byte) error {
 		return Errors{{File: name, Msg: "TOML syntax: " + err.Error()}}
 	}
 	c.pos = pos
+	// The mode is a preset of defaults, so it must be known before the rest of the file is
+	// applied over them.
+	var head struct {
+		Mode string `toml:"mode"`
+	}
+	if err := toml.Unmarshal(data, &head); err == nil {
+		switch {
+		case head.Mode == "sandbox" && c.Mode != "sandbox":
+			c.SandboxPreset()
+		case head.Mode != "" && head.Mode != "sandbox" && c.Mode == "sandbox":
+			return Errors{{File: name, Line: c.line("mode"), Option: "mode", Msg: fmt.Sprintf("%q conflicts with the sandbox command (remove it or set \"sandbox\")", head.Mode)}}
+		}
+	}
 	// A file that names its own local domains replaces the default "localhost" set as a whole;
 	// keeping the default mailboxes would leave them pointing at a domain that is no longer local.
 	if _, ok := pos["local.domains"]; ok {
@@ -248,6 +273,7 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	set("POSTAMT_SUBMISSION_LISTEN_TLS", func(v string) error { c.Submission.ListenTLS = strings.Split(v, ","); return nil })
 	set("POSTAMT_METRICS_LISTEN", func(v string) error { c.Metrics.Listen = v; return nil })
 	set("POSTAMT_ADMIN_LISTEN", func(v string) error { c.Admin.Listen = v; return nil })
+	set("POSTAMT_SANDBOX_HTTP_LISTEN", func(v string) error { c.Sandbox.HTTPListen = v; return nil })
 	if es != nil {
 		return es
 	}
@@ -255,11 +281,17 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 }
 
 // Dump renders the effective configuration as TOML, for `postamt config check` and the start-up
-// log. Secrets are redacted.
+// log. Secrets (the rspamd password, the sandbox's SMTP passwords) are redacted.
 func (c *Config) Dump() string {
 	cc := *c
 	if cc.Checks.Rspamd.Password != "" {
 		cc.Checks.Rspamd.Password = "(redacted)"
+	}
+	if len(c.Sandbox.Users) > 0 {
+		cc.Sandbox.Users = map[string]string{}
+		for u := range c.Sandbox.Users {
+			cc.Sandbox.Users[u] = "(redacted)"
+		}
 	}
 	b, err := toml.Marshal(&cc)
 	if err != nil {

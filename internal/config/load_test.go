@@ -113,4 +113,43 @@ func TestExampleConfigValid(t *testing.T) {
 	if _, err := Load("../../postamt.example.toml"); err != nil {
 		t.Fatal(err)
 	}
+	// The sandbox example, as a file for serve and for the sandbox command, gives the preset.
+	for _, load := range []func(string) (*Config, error){Load, LoadSandbox} {
+		c, err := load("../../postamt.sandbox.toml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !c.Sandbox.Enabled || c.Local.AcceptAll != "sandbox" || c.SMTP.Listen[0] != "127.0.0.1:1025" {
+			t.Errorf("postamt.sandbox.toml: %+v", c.Sandbox)
+		}
+	}
+}
+
+func TestLoadSandbox(t *testing.T) {
+	c, err := LoadSandbox("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Mode != "sandbox" || !c.Sandbox.Enabled || c.Local.AcceptAll != "sandbox" || c.Sandbox.Auth != "any" ||
+		c.SMTP.Listen[0] != "127.0.0.1:1025" || c.Sandbox.HTTPListen != "127.0.0.1:8025" || c.DataDir != "postamt-sandbox" {
+		t.Errorf("sandbox preset = %+v", c)
+	}
+	dir := t.TempDir()
+	f := filepath.Join(dir, "s.toml")
+	os.WriteFile(f, []byte("[smtp]\nlisten = [\"127.0.0.1:0\"]\n[sandbox]\nmax_messages = 5\n"), 0o644)
+	c, err = LoadSandbox(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SMTP.Listen[0] != "127.0.0.1:0" || c.Sandbox.MaxMessages != 5 || c.Local.AcceptAll != "sandbox" {
+		t.Errorf("file over the preset: listen %v max %d accept_all %q", c.SMTP.Listen, c.Sandbox.MaxMessages, c.Local.AcceptAll)
+	}
+	os.WriteFile(f, []byte("mode = \"server\"\n"), 0o644)
+	if _, err := LoadSandbox(f); err == nil || !strings.Contains(err.Error(), "s.toml:1: mode:") {
+		t.Errorf("mode = server under the sandbox command: %v", err)
+	}
+	// Without the preset a plain server does not capture.
+	if c, err := Load(""); err != nil || c.Sandbox.Enabled || c.Local.AcceptAll != "" {
+		t.Errorf("server defaults: %+v %v", c.Sandbox, err)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/postamt/postamt/internal/mail"
+	"github.com/postamt/postamt/internal/policy/faults"
 	"github.com/postamt/postamt/internal/smtp"
 )
 
@@ -25,6 +26,7 @@ func (c *Config) Validate() error {
 	c.validateDKIM(v)
 	c.validateChecks(v)
 	c.validateContentChecks(v)
+	c.validateSandbox(v)
 	if c.Outbound.Port < 1 || c.Outbound.Port > 65535 {
 		v.addf("outbound.port", "must be a port number from 1 to 65535, got %d", c.Outbound.Port)
 	}
@@ -261,6 +263,9 @@ func (c *Config) validateLocal(v *validator) {
 		v.addf("local.plus_separator", "%q must be empty or one character such as + or -", l.PlusSeparator)
 	}
 	v.oneOf("local.transport", l.Transport, "maildir", "lmtp")
+	if l.AcceptAll != "" && l.AcceptAll != "sandbox" {
+		v.addf("local.accept_all", "%q is not allowed; use \"sandbox\" or leave it empty", l.AcceptAll)
+	}
 	if l.MaildirRoot == "" {
 		v.addf("local.maildir_root", "must not be empty")
 	}
@@ -395,5 +400,48 @@ func (c *Config) validateOutboundTLS(v *validator) {
 	}
 	if len(o.Policy) > 0 {
 		o.Policy = norm
+	}
+}
+func (c *Config) validateSandbox(v *validator) {
+	s := c.Sandbox
+	v.oneOf("mode", c.Mode, "server", "sandbox")
+	if c.Local.AcceptAll == "sandbox" && !s.Enabled {
+		v.addf("local.accept_all", "routes mail to the sandbox, which is not enabled (set sandbox.enabled = true or mode = \"sandbox\")")
+	}
+	if !s.Enabled {
+		return
+	}
+	if s.HTTPListen == "" {
+		v.addf("sandbox.http_listen", "the sandbox needs an address for its web UI and API")
+	} else {
+		v.hostPort("sandbox.http_listen", s.HTTPListen)
+	}
+	v.atLeast("sandbox.max_messages", s.MaxMessages, 0)
+	if s.Webhook != "" {
+		if u, err := url.Parse(s.Webhook); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			v.addf("sandbox.webhook", "%q must be an http:// or https:// URL", s.Webhook)
+		}
+	}
+	if s.Auth != "" && s.Auth != "any" && s.Auth != "users" {
+		v.addf("sandbox.auth", "%q is not allowed; use \"any\", \"users\" or leave it empty", s.Auth)
+	}
+	if s.Auth == "users" && len(s.Users) == 0 {
+		v.addf("sandbox.users", "auth = \"users\" needs at least one user = \"password\" entry")
+	}
+	for _, u := range slices.Sorted(maps.Keys(s.Users)) {
+		if u == "" || s.Users[u] == "" {
+			v.addf("sandbox.users", "user names and passwords must not be empty")
+			break
+		}
+	}
+	if s.RequireAuth && s.Auth == "" {
+		v.addf("sandbox.require_auth", "needs sandbox.auth = \"any\" or \"users\"")
+	}
+	for i, r := range s.Chaos {
+		opt := fmt.Sprintf("sandbox.chaos[%d]", i)
+		rule := faults.Rule{Stage: r.Stage, Reply: r.Reply, Probability: r.Probability, Match: r.Match, MinSize: int64(r.MinSize)}
+		if err := rule.Validate(); err != nil {
+			v.addf(opt, "%v", err)
+		}
 	}
 }

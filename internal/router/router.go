@@ -20,6 +20,7 @@ type Router struct {
 	catchAll  map[string]string   // ASCII domain → target
 	plusSep   string
 	transport string
+	acceptAll string                // transport that takes every recipient (the sandbox), or ""
 	relayHost string                // "[host]:port" for all remote mail, or ""
 	nextHops  map[string]mail.Route // ASCII domain → route template (the transport map)
 }
@@ -52,6 +53,7 @@ func New(c config.Local, out config.Outbound) *Router {
 		catchAll:  map[string]string{},
 		plusSep:   c.PlusSeparator,
 		transport: c.Transport,
+		acceptAll: c.AcceptAll,
 	}
 	for i, d := range c.Domains {
 		d = strings.ToLower(d)
@@ -79,6 +81,12 @@ func New(c config.Local, out config.Outbound) *Router {
 		}
 	}
 	return r
+}
+
+// RemoteRoute is how mail for domain (ASCII form) leaves when it is sent on, whatever the
+// local configuration says about it: the sandbox's release uses it.
+func (r *Router) RemoteRoute(domain, addr string) mail.Route {
+	return r.remoteRoute(strings.ToLower(domain), addr)
 }
 
 // remoteRoute is the one place that decides how mail for another domain leaves: the transport
@@ -140,6 +148,12 @@ func (r *Router) Resolve(p smtp.Path, authenticated bool) ([]mail.Recipient, *sm
 		a.Domain = r.primary
 	}
 	orig := a.String()
+	if r.acceptAll != "" {
+		// The sandbox takes any address in any domain and delivers nothing, so there is no relay
+		// to guard against. One next hop for all, so that the queue hands a message's
+		// recipients to the transport in one attempt and the store keeps one copy.
+		return []mail.Recipient{{Addr: orig, Orig: orig, Route: mail.Route{Transport: r.acceptAll, NextHop: r.acceptAll}}}, nil
+	}
 	if p.SourceRoute {
 		// RFC 5321 Appendix C lets us drop the route, but a route through us to another host is a
 		// classic open-relay probe; nobody legitimate sends one today.

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/postamt/postamt/internal/config"
+	"github.com/postamt/postamt/internal/mail"
 	"github.com/postamt/postamt/internal/smtp"
 )
 
@@ -146,5 +147,27 @@ func TestTransportMapForLocalDomains(t *testing.T) {
 		if reply != nil || strings.Join(got, " ") != tc.want {
 			t.Errorf("%s: %v %q, want %q", tc.path, reply, strings.Join(got, " "), tc.want)
 		}
+	}
+}
+
+func TestAcceptAll(t *testing.T) {
+	r := New(config.Local{Domains: []string{"example.test"}, Transport: "maildir", AcceptAll: "sandbox"},
+		config.Outbound{RelayHost: "[relay.test]:2525"})
+	for _, in := range []string{"<anyone@anywhere.test>", "<alice@example.test>", "<user%other@example.test>", "<Postmaster>"} {
+		p, _, err := smtp.ParsePath(in, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rcpts, reply := r.Resolve(p, false)
+		if reply != nil || len(rcpts) != 1 || rcpts[0].Route != (mail.Route{Transport: "sandbox", NextHop: "sandbox"}) {
+			t.Errorf("Resolve(%s) = %+v, %v; want one sandbox recipient", in, rcpts, reply)
+		}
+	}
+	null, _, _ := smtp.ParsePath("<>", true)
+	if _, reply := r.Resolve(null, false); reply == nil {
+		t.Error("the null path was accepted as a recipient")
+	}
+	if got := r.RemoteRoute("Other.TEST", "x@other.test"); got != (mail.Route{Transport: "remote", NextHop: "[relay.test]:2525"}) {
+		t.Errorf("RemoteRoute = %+v, want the relay host", got)
 	}
 }

@@ -71,13 +71,14 @@ type idleFile struct {
 	Load   loadResult `json:"load"`
 }
 
-var serverOrder = []string{"postamt", "postfix", "mailpit", "smtp-sink"}
+var serverOrder = []string{"postamt", "postamt-sandbox", "postfix", "mailpit", "smtp-sink"}
 
 var serverTitle = map[string]string{
-	"postamt":   "Postamt",
-	"postfix":   "Postfix",
-	"mailpit":   "Mailpit",
-	"smtp-sink": "smtp-sink",
+	"postamt":         "Postamt",
+	"postamt-sandbox": "Postamt sandbox",
+	"postfix":         "Postfix",
+	"mailpit":         "Mailpit",
+	"smtp-sink":       "smtp-sink",
 }
 
 func median(v []float64) float64 {
@@ -243,7 +244,7 @@ func cmdReport(args []string) error {
 			}
 		}
 		ratio := func(peer string) string {
-			if g.server != "postamt" {
+			if g.server != "postamt" && (g.server != "postamt-sandbox" || peer != "mailpit") {
 				return "—"
 			}
 			p := find(peer, g.conns)
