@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/postamt/postamt/internal/config"
+	"github.com/postamt/postamt/internal/dns"
 	"github.com/postamt/postamt/internal/httpapi"
 	"github.com/postamt/postamt/internal/policy"
 	"github.com/postamt/postamt/internal/policy/faults"
@@ -132,6 +133,7 @@ func (sb *Sandbox) serve(q *queue.Queue, rt *router.Router, smtpAddrs []net.Addr
 	}
 	h := httpapi.New(httpapi.Options{
 		Store: sb.Store, Faults: sb.Faults, Release: rel.Release, UI: webui.Handler(), Logger: sb.log, SMTPAddrs: addrs,
+		Auth: sandboxVerifier{resolver: dns.System(sb.cfg.Outbound.DNSServers), rspamd: sb.cfg.Checks.Rspamd.Enabled},
 	})
 	ln, err := net.Listen("tcp", sb.cfg.Sandbox.HTTPListen)
 	if err != nil {

@@ -3,12 +3,18 @@ package app
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"github.com/emersion/go-msgauth/dkim"
+	"github.com/postamt/postamt/internal/dns/dnstest"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/smtp"
 	"os"
 	"strings"
@@ -456,5 +462,86 @@ func TestSandboxAuth(t *testing.T) {
 	e.getJSON(t, "/wait?query="+urlq("subject:\"logged in\"")+"&timeout=10s", &s)
 	if s.ID == "" {
 		t.Error("authenticated message not captured")
+	}
+}
+
+// TestSandboxAuthVerdicts: the pre-send check reports DKIM and DMARC as a receiver would (the
+// same mailauth code as the MX listener), and the sender's SPF record.
+func TestSandboxAuthVerdicts(t *testing.T) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	zone := &dnstest.Zone{TXT: map[string][]string{
+		"dev.test":               {"v=spf1 ip4:192.0.2.0/24 -all"},
+		"_dmarc.dev.test":        {"v=DMARC1; p=reject"},
+		"s1._domainkey.dev.test": {"v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey))},
+		"_dmarc.unsigned.test":   {"v=DMARC1; p=quarantine"},
+	}}
+	e := startSandbox(t, fmt.Sprintf("[outbound]\ndns_servers = [%q]\n", dnstest.Server(t, zone)))
+	var signed bytes.Buffer
+	if err := dkim.Sign(&signed, strings.NewReader(multipartMsg), &dkim.SignOptions{Domain: "dev.test", Selector: "s1", Signer: key}); err != nil {
+		t.Fatal(err)
+	}
+	unsigned := strings.Replace(multipartMsg, "From: App <app@dev.test>", "From: App <app@unsigned.test>", 1)
+	unsigned = strings.Replace(unsigned, "Subject: Your invoice", "Subject: Unsigned", 1)
+	for _, m := range []string{signed.String(), unsigned} {
+		if err := send(e.smtp, "app@dev.test", "customer@example.com", m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type verdict struct{ Method, Result, Detail string }
+	check := func(query string) map[string]verdict {
+		var s summary
+		e.getJSON(t, "/wait?query="+urlq(query)+"&timeout=10s", &s)
+		var rep struct{ Auth []verdict }
+		e.getJSON(t, "/messages/"+s.ID+"/check", &rep)
+		out := map[string]verdict{}
+		for _, v := range rep.Auth {
+			out[v.Method] = v
+		}
+		return out
+	}
+	got := check("subject:invoice")
+	if got["dkim"].Result != "pass" || got["dmarc"].Result != "pass" || got["spf"].Result != "policy" || !strings.Contains(got["spf"].Detail, "v=spf1 ip4:192.0.2.0/24") {
+		t.Errorf("signed message: %+v", got)
+	}
+	got = check("subject:unsigned")
+	if got["dkim"].Result != "none" || got["dmarc"].Result != "fail" || !strings.Contains(got["dmarc"].Detail, "p=quarantine") {
+		t.Errorf("unsigned message: %+v", got)
+	}
+}
+
+// With rspamd on, the pre-send check shows its score (here from a fake rspamd: the real one is
+// exercised in the interop tests); with it off, a score field the sender wrote is not shown.
+func TestSandboxSpamScore(t *testing.T) {
+	rs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"action":"add header","score":7.5,"required_score":15,"symbols":{}}`)
+	}))
+	defer rs.Close()
+	for _, on := range []bool{true, false} {
+		extra := ""
+		if on {
+			extra = fmt.Sprintf("[checks.rspamd]\nenabled = true\nurl = %q\n", rs.URL)
+		}
+		e := startSandbox(t, extra)
+		msg := strings.Replace(multipartMsg, "Subject: Your invoice", "X-Spam-Score: 0.00 / 15.00\r\nX-Spam: No\r\nSubject: Your invoice", 1)
+		if err := send(e.smtp, "app@dev.test", "customer@example.com", msg); err != nil {
+			t.Fatal(err)
+		}
+		var s summary
+		e.getJSON(t, "/wait?query="+urlq("subject:invoice")+"&timeout=10s", &s)
+		var rep struct {
+			Auth []struct{ Method, Result, Detail string }
+		}
+		e.getJSON(t, "/messages/"+s.ID+"/check", &rep)
+		var spam string
+		for _, v := range rep.Auth {
+			if v.Method == "rspamd" {
+				spam = v.Result + " " + v.Detail
+			}
+		}
+		if on && spam != "yes score 7.50 / 15.00" || !on && spam != "" {
+			t.Errorf("rspamd on=%v: reported %q", on, spam)
+		}
 	}
 }
