@@ -16,6 +16,7 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 
 	"github.com/postamt/postamt/internal/dns/dnstest"
+	"github.com/postamt/postamt/internal/policy"
 )
 
 // benchMessage is a typical received message: trace fields, a folded list header, and a body
@@ -100,6 +101,32 @@ func BenchmarkVerifyARC(b *testing.B) {
 			for b.Loop() {
 				if r := VerifyARC(context.Background(), z, strings.NewReader(tc.msg)); r.Result != tc.want {
 					b.Fatalf("%s: %s", r.Result, r.Reason)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkSignDKIM is the submission signer on a typical message, as the chain calls it.
+func BenchmarkSignDKIM(b *testing.B) {
+	rk, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, ek, _ := ed25519.GenerateKey(rand.Reader)
+	msg := strings.Replace(benchMessage(), "s@sender.test", "s@example.test", 1)
+	for _, tc := range []struct {
+		name string
+		key  crypto.Signer
+	}{{"rsa2048", rk}, {"ed25519", ek}} {
+		b.Run(tc.name, func(b *testing.B) {
+			s := &DKIMSigner{Keys: map[string][]*DKIMKey{"example.test": {{Domain: "example.test", Selector: "s", Signer: tc.key}}}}
+			tx := &policy.Txn{Conn: &policy.Conn{AuthUser: "s@example.test"}}
+			b.ReportAllocs()
+			b.SetBytes(int64(len(msg)))
+			for b.Loop() {
+				if v := s.CheckData(context.Background(), tx, sgMessage(msg)); v.Err != nil || len(v.Headers) != 1 {
+					b.Fatalf("sign: %+v", v)
 				}
 			}
 		})
