@@ -189,7 +189,7 @@ func (q *Query) String() string {
 			s += t.Field + ":"
 		}
 		v := t.Value
-		if strings.ContainsAny(v, " \t\r\n\"") || v == "" || (t.Field == "" && (strings.Contains(v, ":") || strings.HasPrefix(v, "-"))) {
+		if strings.IndexFunc(v, unicode.IsSpace) >= 0 || strings.Contains(v, "\"") || v == "" || (t.Field == "" && (strings.Contains(v, ":") || strings.HasPrefix(v, "-"))) {
 			v = `"` + strings.ReplaceAll(v, `"`, "") + `"`
 		}
 		parts[i] = s + v
