@@ -4,11 +4,14 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/postamt/postamt/internal/mailauth"
 	"github.com/postamt/postamt/internal/policy"
+	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -106,6 +109,13 @@ func Start(cfg *config.Config, log *slog.Logger) (a *App, err error) {
 	}
 	out.Resolver, out.TLSPolicy, out.Logger = resolver, tlsPolicy, log
 	bouncer := &bounce.Bouncer{Hostname: cfg.Hostname, Router: rt, Logger: log, Now: time.Now}
+	if len(cfg.DKIM.Domains) > 0 {
+		keys, err := LoadDKIMKeys(cfg)
+		if err != nil {
+			return nil, err
+		}
+		bouncer.Sign = dsnSigner(&mailauth.DKIMSigner{Keys: keys})
+	}
 	q, err := queue.Open(queue.Options{
 		Bounce:           bouncer.Bounce,
 		AttemptLatency:   hist.Attempt,
@@ -465,3 +475,18 @@ func withChaos(c *policy.Chain, sb *Sandbox) *policy.Chain {
 	out.Entries = append(append([]policy.Entry(nil), chaos.Entries...), c.Entries...)
 	return &out
 }
+
+// dsnSigner signs our own DSNs with the submission signer: their From is MAILER-DAEMON@hostname,
+// so the key of the hostname's domain (or its nearest parent with keys) signs, in alignment.
+func dsnSigner(s *mailauth.DKIMSigner) func(ctx context.Context, msg []byte) ([]string, error) {
+	return func(ctx context.Context, msg []byte) ([]string, error) {
+		v := s.CheckData(ctx, &policy.Txn{Conn: &policy.Conn{}}, rawMessage(msg))
+		return v.Headers, v.Err
+	}
+}
+
+// rawMessage is a policy.Message over bytes in memory.
+type rawMessage []byte
+
+func (m rawMessage) Size() int64                  { return int64(len(m)) }
+func (m rawMessage) Open() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(m)), nil }

@@ -2,7 +2,10 @@ package app
 
 import (
 	"context"
+	"fmt"
+	"github.com/emersion/go-msgauth/dkim"
 	gosmtp "github.com/emersion/go-smtp"
+	"github.com/postamt/postamt/internal/mailauth"
 	"io"
 	"log/slog"
 	"net"
@@ -408,5 +411,80 @@ listen = "127.0.0.1:0"
 	a.Shutdown(context.Background())
 	if _, err := os.Stat(filepath.Join(dir, "admin.sock")); !os.IsNotExist(err) {
 		t.Fatalf("socket after shutdown: %v", err)
+	}
+}
+
+// TestDSNSigned: with DKIM keys for our domain, the DSNs we send are signed in alignment with
+// their From (MAILER-DAEMON@hostname), so a bounce to a remote sender passes DMARC.
+func TestDSNSigned(t *testing.T) {
+	dir := t.TempDir()
+	key, err := mailauth.GenerateDKIMKey("ed25519")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mailauth.WriteDKIMKey(mailauth.DKIMKeyPath(filepath.Join(dir, "dkim"), "example.test", "s1"), key); err != nil {
+		t.Fatal(err)
+	}
+	record, _ := mailauth.DKIMRecord(key)
+	cfg, err := config.Parse("test.toml", []byte(`
+hostname = "mx.example.test"
+data_dir = "`+dir+`"
+[smtp]
+listen = ["127.0.0.1:0"]
+[local]
+domains = ["example.test"]
+mailboxes = ["alice@example.test", "bob@example.test"]
+[dkim.domains."example.test"]
+selectors = ["s1"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Start(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Shutdown(context.Background())
+	c, err := smtp.Dial(a.Addrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Hello("client.test")
+	for _, cmd := range []string{"MAIL FROM:<alice@example.test>", "RCPT TO:<bob@example.test> NOTIFY=SUCCESS", "DATA"} {
+		id, _ := c.Text.Cmd("%s", cmd)
+		c.Text.StartResponse(id)
+		_, _, err := c.Text.ReadResponse(0)
+		c.Text.EndResponse(id)
+		if err != nil {
+			t.Fatalf("%s: %v", cmd, err)
+		}
+	}
+	w := c.Text.DotWriter()
+	io.WriteString(w, "From: <alice@example.test>\r\nSubject: tell me\r\n\r\nbody\r\n")
+	w.Close()
+	if _, _, err := c.Text.ReadResponse(250); err != nil {
+		t.Fatal(err)
+	}
+	box := filepath.Join(dir, "mail", "example.test", "alice", "new")
+	var dsn []byte
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end) && dsn == nil; time.Sleep(20 * time.Millisecond) {
+		if ents, _ := os.ReadDir(box); len(ents) == 1 {
+			dsn, _ = os.ReadFile(filepath.Join(box, ents[0].Name()))
+		}
+	}
+	if dsn == nil {
+		t.Fatal("no DSN reached the sender")
+	}
+	// Maildir stores LF; verify the CRLF form a receiver would see.
+	msg := strings.ReplaceAll(string(dsn), "\n", "\r\n")
+	vs, err := dkim.VerifyWithOptions(strings.NewReader(msg), &dkim.VerifyOptions{LookupTXT: func(name string) ([]string, error) {
+		if name == "s1._domainkey.example.test" {
+			return []string{record}, nil
+		}
+		return nil, fmt.Errorf("no record for %s", name)
+	}})
+	if err != nil || len(vs) != 1 || vs[0].Err != nil || vs[0].Domain != "example.test" {
+		t.Fatalf("DSN signature: %v %+v\n%s", err, vs, dsn)
 	}
 }

@@ -37,6 +37,10 @@ type Bouncer struct {
 	Intake   Intake
 	Logger   *slog.Logger
 	Now      func() time.Time
+	// Sign, when set, returns DKIM-Signature fields for a DSN (from MAILER-DAEMON@Hostname), so
+	// that a bounce to a remote sender passes DMARC for our own domain. A signing failure is
+	// logged and the DSN goes out unsigned: the report matters more than the signature.
+	Sign func(ctx context.Context, msg []byte) ([]string, error)
 }
 
 // Bounce builds and queues the DSN for b. Cases where no DSN may or can be sent (null sender,
@@ -114,6 +118,15 @@ func (bo *Bouncer) Bounce(ctx context.Context, b *queue.Bounce) error {
 	if err != nil {
 		w.Abort()
 		return err
+	}
+	if bo.Sign != nil {
+		if sigs, err := bo.Sign(ctx, msg); err != nil {
+			log.Warn("DSN not signed", "err", err)
+		} else {
+			for _, s := range sigs {
+				w.WriteString(s + "\r\n")
+			}
+		}
 	}
 	fmt.Fprintf(w, "Received: by %s (Postamt) id %s;\r\n\t%s\r\n", bo.Hostname, w.ID(), now.Format(time.RFC1123Z))
 	w.Write(msg)
