@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/postamt/postamt/internal/mail"
 	"github.com/postamt/postamt/internal/mailauth"
 	"github.com/postamt/postamt/internal/policy"
 	"io"
@@ -451,8 +452,8 @@ func mapTransports(cfg *config.Config) []transport.Transport {
 	seen := map[string]bool{}
 	var out []transport.Transport
 	for _, d := range slices.Sorted(maps.Keys(cfg.Outbound.Transports)) {
-		rt, ok := router.TransportMapRoute(cfg.Outbound.Transports[d])
-		if !ok || seen[rt.Transport] || !strings.HasPrefix(rt.Transport, "lmtp:") {
+		rt, err := mail.ParseTransportMap(cfg.Outbound.Transports[d])
+		if err != nil || seen[rt.Transport] || !strings.HasPrefix(rt.Transport, "lmtp:") {
 			continue
 		}
 		seen[rt.Transport] = true

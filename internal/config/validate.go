@@ -49,7 +49,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	for _, d := range slices.Sorted(maps.Keys(c.Outbound.Transports)) {
-		v.transportMapEntry("outbound.transports."+d, c.Outbound.Transports[d])
+		if _, err := mail.ParseTransportMap(c.Outbound.Transports[d]); err != nil {
+			v.addf("outbound.transports."+d, "%v", err)
+		}
 	}
 	c.validateOutboundTLS(v)
 	if len(v.errs) > 0 {
@@ -117,26 +119,6 @@ func (v *validator) nextHop(option, hop string) {
 	host, port, ok := mail.SplitNextHop(hop)
 	if !ok || host == "" || port < 1 || port > 65535 {
 		v.addf(option, "%q must be [host]:port, e.g. \"[smtp.example.org]:587\"", hop)
-	}
-}
-
-// transportMapEntry accepts what router.TransportMapRoute reads (config cannot import router).
-func (v *validator) transportMapEntry(option, val string) {
-	if addr, ok := strings.CutPrefix(val, "lmtp:"); ok {
-		if p, unix := strings.CutPrefix(addr, "unix:"); unix {
-			if !strings.HasPrefix(p, "/") {
-				v.addf(option, "%q: the LMTP socket must be an absolute path, e.g. \"lmtp:unix:/run/dovecot/lmtp\"", val)
-			}
-			return
-		}
-		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
-			v.addf(option, "%q: LMTP needs host:port or unix:/path", val)
-		}
-		return
-	}
-	host, port, ok := mail.SplitNextHop(strings.TrimPrefix(val, "smtp:"))
-	if !ok || host == "" || port < 1 || port > 65535 {
-		v.addf(option, "%q must be \"[host]:port\", \"smtp:[host]:port\", \"lmtp:host:port\" or \"lmtp:unix:/path\"", val)
 	}
 }
 

@@ -4,6 +4,8 @@
 package mail
 
 import (
+	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -65,4 +67,26 @@ func SplitNextHop(hop string) (host string, port int, ok bool) {
 		return "", 0, false
 	}
 	return host, p, true
+}
+
+// ParseTransportMap reads a transport map value: "[host]:port" or "smtp:[host]:port" (SMTP to
+// that server, no MX lookup), "lmtp:host:port" or "lmtp:unix:/path" (LMTP, a transport of its
+// own named after the address; NextHop is left for the recipient). The error says what is
+// wrong, for the configuration check.
+func ParseTransportMap(v string) (Route, error) {
+	if addr, ok := strings.CutPrefix(v, "lmtp:"); ok {
+		if p, unix := strings.CutPrefix(addr, "unix:"); unix {
+			if !strings.HasPrefix(p, "/") {
+				return Route{}, fmt.Errorf("%q: the LMTP socket must be an absolute path, e.g. \"lmtp:unix:/run/dovecot/lmtp\"", v)
+			}
+		} else if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+			return Route{}, fmt.Errorf("%q: LMTP needs host:port or unix:/path", v)
+		}
+		return Route{Transport: "lmtp:" + addr}, nil
+	}
+	hop := strings.TrimPrefix(v, "smtp:")
+	if host, port, ok := SplitNextHop(hop); !ok || host == "" || port < 1 || port > 65535 {
+		return Route{}, fmt.Errorf("%q must be \"[host]:port\", \"smtp:[host]:port\", \"lmtp:host:port\" or \"lmtp:unix:/path\"", v)
+	}
+	return Route{Transport: "remote", NextHop: hop}, nil
 }

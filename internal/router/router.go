@@ -25,23 +25,6 @@ type Router struct {
 	nextHops  map[string]mail.Route // ASCII domain → route template (the transport map)
 }
 
-// TransportMapRoute reads a transport map value: "[host]:port" or "smtp:[host]:port" (SMTP to
-// that server, no MX lookup), "lmtp:host:port" or "lmtp:unix:/path" (LMTP, a transport of its
-// own named after the address). ok is false for anything else.
-func TransportMapRoute(v string) (r mail.Route, ok bool) {
-	if addr, found := strings.CutPrefix(v, "lmtp:"); found {
-		if addr == "" || addr == "unix:" {
-			return r, false
-		}
-		return mail.Route{Transport: "lmtp:" + addr}, true
-	}
-	hop := strings.TrimPrefix(v, "smtp:")
-	if host, port, ok := mail.SplitNextHop(hop); !ok || host == "" || port < 1 || port > 65535 {
-		return r, false
-	}
-	return mail.Route{Transport: "remote", NextHop: hop}, true
-}
-
 // New builds a Router from validated configuration sections.
 func New(c config.Local, out config.Outbound) *Router {
 	r := &Router{
@@ -76,7 +59,7 @@ func New(c config.Local, out config.Outbound) *Router {
 		r.catchAll[strings.ToLower(d)] = to
 	}
 	for d, v := range out.Transports {
-		if rt, ok := TransportMapRoute(v); ok {
+		if rt, err := mail.ParseTransportMap(v); err == nil { // Validate reported the others
 			r.nextHops[smtp.Address{Domain: d}.ASCIIDomain()] = rt
 		}
 	}
