@@ -27,7 +27,7 @@ import (
 // message lands in the Maildir, and the metrics endpoint counts it.
 func TestServeDeliverAndMetrics(t *testing.T) {
 	dir := t.TempDir()
-	cfg, err := config.Parse("test.toml", []byte(`
+	a := startTOML(t, `
 hostname = "mx.example.test"
 data_dir = "`+dir+`"
 [smtp]
@@ -37,15 +37,7 @@ domains = ["example.test"]
 mailboxes = ["alice@example.test"]
 [metrics]
 listen = "127.0.0.1:0"
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := Start(cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Shutdown(context.Background())
+`)
 	addr := a.Addrs()[0].String()
 	msg := "From: <s@remote.test>\r\nTo: <alice@example.test>\r\nSubject: hi\r\n\r\nHello, Maildir.\r\n"
 	if err := send(addr, "s@remote.test", "alice@example.test", msg); err != nil {
@@ -239,7 +231,7 @@ func TestSuccessNotices(t *testing.T) {
 	srv.Domain = "mx.far.test"
 	go srv.Serve(ln)
 	defer srv.Close()
-	cfg, err := config.Parse("test.toml", []byte(`
+	a := startTOML(t, `
 hostname = "mx.example.test"
 data_dir = "`+dir+`"
 [smtp]
@@ -251,40 +243,10 @@ mailboxes = ["alice@example.test", "bob@example.test"]
 "fwd@example.test" = ["carol@far.test"]
 [outbound.transports]
 "far.test" = "[127.0.0.1]:`+strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)+`"
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := Start(cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Shutdown(context.Background())
-	c, err := smtp.Dial(a.Addrs()[0].String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.Hello("client.test")
-	for _, cmd := range []string{"MAIL FROM:<alice@example.test> ENVID=track-1", "RCPT TO:<bob@example.test> NOTIFY=SUCCESS,FAILURE",
-		"RCPT TO:<fwd@example.test> NOTIFY=SUCCESS", "DATA"} {
-		id, err := c.Text.Cmd("%s", cmd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Text.StartResponse(id)
-		_, _, err = c.Text.ReadResponse(0)
-		c.Text.EndResponse(id)
-		if err != nil {
-			t.Fatalf("%s: %v", cmd, err)
-		}
-	}
-	w := c.Text.DotWriter()
-	io.WriteString(w, "From: <alice@example.test>\r\nSubject: tell me\r\n\r\nbody\r\n")
-	w.Close()
-	if _, _, err := c.Text.ReadResponse(250); err != nil {
-		t.Fatal(err)
-	}
+`)
+	sendWithParams(t, a.Addrs()[0].String(), []string{"MAIL FROM:<alice@example.test> ENVID=track-1", "RCPT TO:<bob@example.test> NOTIFY=SUCCESS,FAILURE",
+		"RCPT TO:<fwd@example.test> NOTIFY=SUCCESS", "DATA"},
+		"From: <alice@example.test>\r\nSubject: tell me\r\n\r\nbody\r\n")
 	// Maildir stores LF line ends.
 	wants := []string{"Final-Recipient: rfc822; bob@example.test\nAction: delivered\nStatus: 2.0.0",
 		"Final-Recipient: rfc822; carol@far.test\nAction: relayed\nStatus: 2.0.0\nRemote-MTA: dns; 127.0.0.1",
@@ -329,7 +291,7 @@ func TestTransportMapLMTP(t *testing.T) {
 	dir := t.TempDir()
 	store := &lmtptest.Store{}
 	addr := store.Start(t)
-	cfg, err := config.Parse("test.toml", []byte(`
+	a := startTOML(t, `
 hostname = "mx.example.test"
 data_dir = "`+dir+`"
 [smtp]
@@ -339,15 +301,7 @@ domains = ["example.test", "example.org"]
 mailboxes = ["alice@example.test", "bob@example.org"]
 [outbound.transports]
 "example.org" = "lmtp:`+addr+`"
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := Start(cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Shutdown(context.Background())
+`)
 	if err := send(a.Addrs()[0].String(), "x@remote.test", "bob@example.org", "Subject: to lmtp\r\n\r\nx\r\n"); err != nil {
 		t.Fatal(err)
 	}
@@ -426,7 +380,7 @@ func TestDSNSigned(t *testing.T) {
 		t.Fatal(err)
 	}
 	record, _ := mailauth.DKIMRecord(key)
-	cfg, err := config.Parse("test.toml", []byte(`
+	a := startTOML(t, `
 hostname = "mx.example.test"
 data_dir = "`+dir+`"
 [smtp]
@@ -436,36 +390,9 @@ domains = ["example.test"]
 mailboxes = ["alice@example.test", "bob@example.test"]
 [dkim.domains."example.test"]
 selectors = ["s1"]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := Start(cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Shutdown(context.Background())
-	c, err := smtp.Dial(a.Addrs()[0].String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.Hello("client.test")
-	for _, cmd := range []string{"MAIL FROM:<alice@example.test>", "RCPT TO:<bob@example.test> NOTIFY=SUCCESS", "DATA"} {
-		id, _ := c.Text.Cmd("%s", cmd)
-		c.Text.StartResponse(id)
-		_, _, err := c.Text.ReadResponse(0)
-		c.Text.EndResponse(id)
-		if err != nil {
-			t.Fatalf("%s: %v", cmd, err)
-		}
-	}
-	w := c.Text.DotWriter()
-	io.WriteString(w, "From: <alice@example.test>\r\nSubject: tell me\r\n\r\nbody\r\n")
-	w.Close()
-	if _, _, err := c.Text.ReadResponse(250); err != nil {
-		t.Fatal(err)
-	}
+`)
+	sendWithParams(t, a.Addrs()[0].String(), []string{"MAIL FROM:<alice@example.test>", "RCPT TO:<bob@example.test> NOTIFY=SUCCESS", "DATA"},
+		"From: <alice@example.test>\r\nSubject: tell me\r\n\r\nbody\r\n")
 	box := filepath.Join(dir, "mail", "example.test", "alice", "new")
 	var dsn []byte
 	for end := time.Now().Add(10 * time.Second); time.Now().Before(end) && dsn == nil; time.Sleep(20 * time.Millisecond) {
@@ -486,5 +413,50 @@ selectors = ["s1"]
 	}})
 	if err != nil || len(vs) != 1 || vs[0].Err != nil || vs[0].Domain != "example.test" {
 		t.Fatalf("DSN signature: %v %+v\n%s", err, vs, dsn)
+	}
+}
+
+// startTOML starts a server from a configuration text and stops it when the test ends.
+func startTOML(t *testing.T, toml string) *App {
+	t.Helper()
+	cfg, err := config.Parse("test.toml", []byte(toml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Start(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Shutdown(context.Background()) })
+	return a
+}
+
+// sendWithParams sends one message with MAIL, RCPT and DATA command lines as given (net/smtp
+// cannot send DSN parameters); each must get a 2xx or 3xx, the end of data a 250.
+func sendWithParams(t *testing.T, addr string, cmds []string, msg string) {
+	t.Helper()
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Hello("client.test")
+	for _, cmd := range cmds {
+		id, err := c.Text.Cmd("%s", cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Text.StartResponse(id)
+		_, _, err = c.Text.ReadResponse(0)
+		c.Text.EndResponse(id)
+		if err != nil {
+			t.Fatalf("%s: %v", cmd, err)
+		}
+	}
+	w := c.Text.DotWriter()
+	io.WriteString(w, msg)
+	w.Close()
+	if _, _, err := c.Text.ReadResponse(250); err != nil {
+		t.Fatal(err)
 	}
 }
