@@ -110,12 +110,13 @@ func Start(cfg *config.Config, log *slog.Logger) (a *App, err error) {
 	}
 	out.Resolver, out.TLSPolicy, out.Logger = resolver, tlsPolicy, log
 	bouncer := &bounce.Bouncer{Hostname: cfg.Hostname, Router: rt, Logger: log, Now: time.Now}
-	if len(cfg.DKIM.Domains) > 0 {
-		keys, err := LoadDKIMKeys(cfg)
-		if err != nil {
-			return nil, err
-		}
-		bouncer.Sign = dsnSigner(&mailauth.DKIMSigner{Keys: keys})
+	// Loaded once: the DSN signer here and the submission chain's signer share the keys.
+	dkimKeys, err := LoadDKIMKeys(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if len(dkimKeys) > 0 {
+		bouncer.Sign = dsnSigner(&mailauth.DKIMSigner{Keys: dkimKeys})
 	}
 	q, err := queue.Open(queue.Options{
 		Bounce:           bouncer.Bounce,
@@ -218,7 +219,7 @@ func Start(cfg *config.Config, log *slog.Logger) (a *App, err error) {
 		return nil, err
 	}
 	if len(sub.Listen)+len(sub.ListenTLS) > 0 {
-		if a.users, a.Submission, err = startSubmission(cfg, log, rt, q, tlsConf, hist); err != nil {
+		if a.users, a.Submission, err = startSubmission(cfg, log, rt, q, tlsConf, hist, dkimKeys); err != nil {
 			return fail(err)
 		}
 	}

@@ -22,11 +22,7 @@ import (
 // sender authorisation → per-user limits → Date/Message-ID fix-ups → DKIM signing (last, so it
 // signs the message as it leaves).
 func startSubmission(cfg *config.Config, log *slog.Logger, rt *router.Router, q smtpserver.Intake, tlsConf *tls.Config,
-	hist *observe.Histograms) (*users.Store, *smtpserver.Server, error) {
-	keys, err := LoadDKIMKeys(cfg)
-	if err != nil {
-		return nil, nil, err
-	}
+	hist *observe.Histograms, keys map[string][]*mailauth.DKIMKey) (*users.Store, *smtpserver.Server, error) {
 	store, err := users.Open(cfg.Path(cfg.Submission.UsersDB))
 	if err != nil {
 		return nil, nil, fmt.Errorf("submission.users_db: %w", err)
